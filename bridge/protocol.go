@@ -1,0 +1,139 @@
+package bridge
+
+// This file holds the framed protocol between the bridge and a Python
+// worker (worker.py). The worker reads frames on its fd 3 and writes frames
+// on its fd 4; its stdin, stdout and stderr are never part of it.
+//
+// Every frame is an 8-byte header and a payload:
+//
+//	+--------+--------+-----------------+-----------------------------------+
+//	| type   | flags  | request id      | payload length                    |
+//	| uint8  | uint8  | uint16, big end | uint32, big endian                |
+//	+--------+--------+-----------------+-----------------------------------+
+//
+// Bridge -> worker, per request: R (the environ, encoded as a Python marshal
+// dict of str -> str), any number of B (body bytes) and exactly one E (end of
+// body). E is always sent, also when the response ended before the body did,
+// so the worker knows where the next request starts.
+//
+// Worker -> bridge: Y (ready) or I (import failed, payload: what failed) once
+// after start; then per request H (the CGI header block, "Status:" first),
+// D (body bytes, flag flushData when the client should get them now), L (a
+// log line, flags give the level), and one F (finished; flag finishedAppError
+// when the worker made a 500 page for an app error) or X (aborted after the
+// headers were sent; payload: why).
+//
+// Every per-request frame carries the request id the bridge chose, so a
+// frame left over from an earlier request is detected, not misdelivered.
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+const headerLen = 8
+
+// Frame types.
+const (
+	frameRequest      = 'R'
+	frameBody         = 'B'
+	frameBodyEnd      = 'E'
+	frameReady        = 'Y'
+	frameImportFailed = 'I'
+	frameHead         = 'H'
+	frameData         = 'D'
+	frameLog          = 'L'
+	frameFinished     = 'F'
+	frameAborted      = 'X'
+)
+
+// Frame flags.
+const (
+	flagRunOnce         = 1 // R: wsgi.run_once
+	flagInputTerminated = 2 // R: the body runs to E, there is no CONTENT_LENGTH
+	flagTruncated       = 1 // E: the body ended before CONTENT_LENGTH bytes
+	flushData           = 1 // D: pass to the client now
+	finishedAppError    = 1 // F: the response is the worker's 500 page
+	logWarn             = 1 // L
+	logError            = 2 // L
+)
+
+// Limits on what the worker may send; both are far above what a valid
+// worker sends (32 KiB of headers, 1 MiB per body frame).
+const (
+	maxHeadFrame = 64 << 10
+	maxDataFrame = 1 << 20
+	maxLogFrame  = 64 << 10
+	bodyChunk    = 64 << 10
+)
+
+// errProtocol is returned, wrapped, when the worker sends a frame the
+// protocol does not allow; the worker is then unusable.
+var errProtocol = errors.New("worker protocol error")
+
+type frameHeader struct {
+	kind  byte
+	flags byte
+	id    uint16
+	size  uint32
+}
+
+func appendHeader(b []byte, kind, flags byte, id uint16, size int) []byte {
+	b = append(b, kind, flags)
+	b = binary.BigEndian.AppendUint16(b, id)
+	return binary.BigEndian.AppendUint32(b, uint32(size))
+}
+
+func readHeader(r io.Reader, buf *[headerLen]byte) (frameHeader, error) {
+	if _, err := io.ReadFull(r, buf[:]); err != nil {
+		return frameHeader{}, err
+	}
+	return frameHeader{
+		kind:  buf[0],
+		flags: buf[1],
+		id:    binary.BigEndian.Uint16(buf[2:4]),
+		size:  binary.BigEndian.Uint32(buf[4:8]),
+	}, nil
+}
+
+// appendEnviron appends env as a Python marshal dict of str -> str.
+//
+// Each string uses marshal's ASCII types ('z' up to 255 bytes, 'a' above),
+// which CPython decodes as one byte per code point: exactly the latin-1
+// decoding PEP 3333 asks for, for every byte 0x00-0xFF, with no transcoding
+// here and a C-speed decoder (marshal.loads) in the worker.
+func appendEnviron(b []byte, env []Var) []byte {
+	b = append(b, '{')
+	for _, v := range env {
+		b = appendPyStr(b, v.Name)
+		b = appendPyStr(b, v.Value)
+	}
+	return append(b, '0')
+}
+
+func appendPyStr(b []byte, s string) []byte {
+	if len(s) < 256 {
+		b = append(b, 'z', byte(len(s)))
+	} else {
+		b = append(b, 'a')
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+	}
+	return append(b, s...)
+}
+
+// bootstrap is what python runs with -c: it reads the worker's source (n
+// bytes) from fd 3 and runs it, so the process list shows a short command.
+func bootstrap(n int) string {
+	return fmt.Sprintf(`import os
+n = %d
+b = bytearray()
+while len(b) < n:
+    c = os.read(3, n - len(b))
+    if not c:
+        raise SystemExit("wsgibridge worker: fd 3 closed before the worker source arrived")
+    b += c
+exec(compile(bytes(b), "wsgibridge/worker.py", "exec"))
+`, n)
+}

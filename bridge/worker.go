@@ -1,0 +1,544 @@
+// Package bridge runs WSGI applications in Python worker processes: it owns
+// the request model (a CGI environ and a body), the response model (a CGI
+// header block and a streamed body), the framed protocol between Go and
+// the worker, and the worker program itself, embedded from worker.py.
+package bridge
+
+import (
+	"bufio"
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+//go:embed worker.py
+var workerSource []byte
+
+// Config says how to start a worker.
+type Config struct {
+	// App names the WSGI callable: MODULE[:CALLABLE] or
+	// path/to/file.py[:CALLABLE]; the callable defaults to "application".
+	App string
+	// Python is the interpreter, a path or a name looked up in PATH;
+	// empty means "python3".
+	Python string
+	// Dir is the worker's working directory (and so the first entry of
+	// its sys.path); empty means ours.
+	Dir string
+	// PythonPath entries go first in the worker's sys.path, in order.
+	PythonPath []string
+	// Env is the worker's os.environ; nil means ours. Request data never
+	// belongs here (httpoxy): requests reach the app through the protocol.
+	Env []string
+	// Output receives the worker's stdout and stderr: the app's prints
+	// and tracebacks. Nil means os.Stderr.
+	Output *os.File
+	// Logger receives the bridge's log lines; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// ResponseWriter is where a response goes. Both the CGI and the FastCGI
+// front write a CGI response; an HTTP front parses the header block.
+type ResponseWriter interface {
+	// WriteHeader is called once, before any body, with the status code
+	// and the CGI header block ("Status: 200 OK\r\n...\r\n\r\n").
+	WriteHeader(status int, block []byte) error
+	// Write writes body bytes.
+	Write(p []byte) (int, error)
+	// Flush passes what was written to the client now.
+	Flush() error
+}
+
+// Result tells what a request became.
+type Result struct {
+	// Status is the HTTP status sent, 0 if nothing was sent.
+	Status int
+	// BodyBytes counts the body bytes the worker produced.
+	BodyBytes int64
+	// AppError says the status is the worker's 500 page for an app error.
+	AppError bool
+	// CutShort says the headers went out but the body did not end well:
+	// the client got a truncated response.
+	CutShort bool
+}
+
+// Errors returned by Serve, wrapped with details.
+var (
+	// ErrAborted: the app failed after its headers were sent.
+	ErrAborted = errors.New("response aborted")
+	// ErrWorkerDied: the worker exited or was killed during the request.
+	ErrWorkerDied = errors.New("worker died")
+	// ErrStopped: the request's context ended (its deadline, or a signal)
+	// and the worker was killed.
+	ErrStopped = errors.New("request stopped")
+)
+
+// ImportError is returned when the app cannot be imported; Msg says what
+// failed and where ("app 'x' failed to import: ... (python ..., cwd ...)").
+type ImportError struct {
+	Msg string
+}
+
+func (e *ImportError) Error() string { return e.Msg }
+
+// Worker is one Python process running the app. It serves one request at a
+// time; Serve and Close must not be called concurrently.
+type Worker struct {
+	cfg    Config
+	log    *slog.Logger
+	cmd    *exec.Cmd
+	pid    int
+	toPy   *os.File // our end of the worker's fd 3
+	fromPy *os.File // our end of the worker's fd 4
+	r      *bufio.Reader
+
+	wmu    sync.Mutex // serialises writes to toPy
+	wbuf   []byte
+	hdr    [headerLen]byte
+	buf    []byte
+	nextID uint16
+	ready  bool
+
+	exited  chan struct{}
+	waitErr error
+}
+
+// Start starts a worker. It does not wait for the app to import: Ready
+// does, and so does the first Serve.
+func Start(cfg Config) (*Worker, error) {
+	python := cfg.Python
+	if python == "" {
+		python = "python3"
+	}
+	path, err := exec.LookPath(python)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: python %q not found (set --python to a Python 3.9+ interpreter): %w", python, err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	out := cfg.Output
+	if out == nil {
+		out = os.Stderr
+	}
+	pyIn, toPy, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("bridge: worker pipe: %w", err)
+	}
+	fromPy, pyOut, err := os.Pipe()
+	if err != nil {
+		pyIn.Close()
+		toPy.Close()
+		return nil, fmt.Errorf("bridge: worker pipe: %w", err)
+	}
+	args := append([]string{"-c", bootstrap(len(workerSource)), cfg.App}, cfg.PythonPath...)
+	cmd := exec.Command(path, args...)
+	cmd.Dir = cfg.Dir
+	cmd.Env = cfg.Env
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.ExtraFiles = []*os.File{pyIn, pyOut}
+	// Its own process group, so a kill reaches what the app started; and
+	// killed with us, so no worker outlives the bridge.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	err = cmd.Start()
+	pyIn.Close()
+	pyOut.Close()
+	if err != nil {
+		toPy.Close()
+		fromPy.Close()
+		return nil, fmt.Errorf("bridge: start %s: %w", path, err)
+	}
+	w := &Worker{
+		cfg:    cfg,
+		cmd:    cmd,
+		pid:    cmd.Process.Pid,
+		toPy:   toPy,
+		fromPy: fromPy,
+		r:      bufio.NewReaderSize(fromPy, 64<<10),
+		buf:    make([]byte, 64<<10),
+		exited: make(chan struct{}),
+	}
+	w.log = log.With("pid", w.pid)
+	go func() {
+		w.waitErr = cmd.Wait()
+		close(w.exited)
+	}()
+	// The source fits in the pipe's buffer: this write does not block.
+	if _, err := toPy.Write(workerSource); err != nil {
+		w.Kill()
+		return nil, fmt.Errorf("bridge: send worker source: %w", err)
+	}
+	return w, nil
+}
+
+// Pid returns the worker's process id.
+func (w *Worker) Pid() int { return w.pid }
+
+// Ready waits until the app has imported. It returns an *ImportError if
+// the import failed, and an error if ctx ends first or the worker died.
+func (w *Worker) Ready(ctx context.Context) error {
+	if w.ready {
+		return nil
+	}
+	stop := context.AfterFunc(ctx, w.Kill)
+	defer stop()
+	h, err := readHeader(w.r, &w.hdr)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("bridge: app %q did not import in time: %w", w.cfg.App, ctx.Err())
+		}
+		return fmt.Errorf("bridge: worker pid %d %s before the app imported: %w", w.pid, w.exitStatus(), ErrWorkerDied)
+	}
+	switch h.kind {
+	case frameReady:
+		w.ready = true
+		return nil
+	case frameImportFailed:
+		msg, err := w.readPayload(h.size, maxLogFrame)
+		if err != nil {
+			return err
+		}
+		return &ImportError{Msg: string(msg)}
+	}
+	w.Kill()
+	return fmt.Errorf("bridge: %w: frame %q before ready", errProtocol, h.kind)
+}
+
+// Serve runs one request on the worker and writes the response to rw. A
+// request the bridge refuses gets its error response and a *StatusError.
+// If the worker dies or ctx ends, the client gets a 502 or a 504 when
+// nothing was sent yet; the worker is then gone and Serve returns an error
+// wrapping ErrWorkerDied or ErrStopped.
+func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Result, error) {
+	env, length, err := normalize(req.Env)
+	if err != nil {
+		var se *StatusError
+		if errors.As(err, &se) {
+			return Result{Status: se.Status}, errors.Join(err, WriteError(rw, se.Status))
+		}
+		return Result{}, err
+	}
+	w.nextID++
+	id := w.nextID
+	var flags byte
+	if req.RunOnce {
+		flags |= flagRunOnce
+	}
+	toEOF := length < 0 && req.BodyToEOF
+	if toEOF {
+		flags |= flagInputTerminated
+	}
+	hasBody := req.Body != nil && (length > 0 || toEOF)
+
+	w.wbuf = appendHeader(w.wbuf[:0], frameRequest, flags, id, 0)
+	w.wbuf = appendEnviron(w.wbuf, env)
+	putSize(w.wbuf, len(w.wbuf)-headerLen)
+	if !hasBody {
+		w.wbuf = appendHeader(w.wbuf, frameBodyEnd, 0, id, 0)
+	}
+
+	stop := context.AfterFunc(ctx, w.Kill)
+	defer stop()
+	w.wmu.Lock()
+	_, werr := w.toPy.Write(w.wbuf)
+	w.wmu.Unlock()
+	var body *bodySender
+	if hasBody && werr == nil {
+		body = &bodySender{w: w, id: id, body: req.Body, remaining: length}
+		go body.run()
+		defer body.end()
+	}
+	if err := w.Ready(ctx); err != nil {
+		if ctx.Err() != nil {
+			return w.failed(ctx, rw, Result{}, err)
+		}
+		return Result{}, err
+	}
+	return w.readResponse(ctx, id, rw)
+}
+
+func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter) (Result, error) {
+	var res Result
+	// After a client write fails the worker's output is still read to
+	// its end, so the worker stays in step; the error is returned then.
+	var clientErr error
+	for {
+		h, err := readHeader(w.r, &w.hdr)
+		if err != nil {
+			return w.failed(ctx, rw, res, err)
+		}
+		if h.id != id {
+			return w.desync(ctx, rw, res, fmt.Sprintf("frame %q for request %d during request %d", h.kind, h.id, id))
+		}
+		switch h.kind {
+		case frameHead:
+			if res.Status != 0 {
+				return w.desync(ctx, rw, res, "second header block")
+			}
+			block, err := w.readPayload(h.size, maxHeadFrame)
+			if err != nil {
+				return w.failed(ctx, rw, res, err)
+			}
+			status, ok := parseStatus(block)
+			if !ok {
+				return w.desync(ctx, rw, res, "header block without a Status line")
+			}
+			res.Status = status
+			clientErr = rw.WriteHeader(status, block)
+		case frameData:
+			if res.Status == 0 || h.size > maxDataFrame {
+				return w.desync(ctx, rw, res, fmt.Sprintf("body frame of %d bytes", h.size))
+			}
+			res.BodyBytes += int64(h.size)
+			for n := int(h.size); n > 0; {
+				chunk := w.buf[:min(n, len(w.buf))]
+				if _, err := io.ReadFull(w.r, chunk); err != nil {
+					return w.failed(ctx, rw, res, err)
+				}
+				n -= len(chunk)
+				if clientErr == nil {
+					_, clientErr = rw.Write(chunk)
+				}
+			}
+			if h.flags&flushData != 0 && clientErr == nil {
+				clientErr = rw.Flush()
+			}
+		case frameLog:
+			msg, err := w.readPayload(h.size, maxLogFrame)
+			if err != nil {
+				return w.failed(ctx, rw, res, err)
+			}
+			level := slog.LevelInfo
+			switch h.flags {
+			case logWarn:
+				level = slog.LevelWarn
+			case logError:
+				level = slog.LevelError
+			}
+			w.log.Log(ctx, level, string(msg))
+		case frameFinished:
+			res.AppError = h.flags&finishedAppError != 0
+			if clientErr == nil {
+				clientErr = rw.Flush()
+			}
+			if clientErr != nil {
+				return res, fmt.Errorf("bridge: write response: %w", clientErr)
+			}
+			return res, nil
+		case frameAborted:
+			msg, err := w.readPayload(h.size, maxLogFrame)
+			if err != nil {
+				return w.failed(ctx, rw, res, err)
+			}
+			if clientErr == nil {
+				clientErr = rw.Flush()
+			}
+			res.CutShort = true
+			return res, errors.Join(fmt.Errorf("bridge: %w: %s", ErrAborted, msg), clientErr)
+		default:
+			return w.desync(ctx, rw, res, fmt.Sprintf("unknown frame %q", h.kind))
+		}
+	}
+}
+
+// failed handles a worker that stopped answering: killed by our deadline
+// (504) or dead by itself (502).
+func (w *Worker) failed(ctx context.Context, rw ResponseWriter, res Result, cause error) (Result, error) {
+	w.Kill()
+	var err error
+	status := 502
+	if ctx.Err() != nil {
+		status = 504
+		err = fmt.Errorf("bridge: %w (%v); worker pid %d killed", ErrStopped, context.Cause(ctx), w.pid)
+	} else {
+		err = fmt.Errorf("bridge: %w: worker pid %d %s during the request (%v)", ErrWorkerDied, w.pid, w.exitStatus(), cause)
+	}
+	res.CutShort = res.Status != 0
+	if res.Status == 0 {
+		res.Status = status
+		err = errors.Join(err, WriteError(rw, status))
+	}
+	return res, err
+}
+
+// desync handles a worker that broke the protocol: it is killed.
+func (w *Worker) desync(ctx context.Context, rw ResponseWriter, res Result, what string) (Result, error) {
+	return w.failed(ctx, rw, res, fmt.Errorf("%w: %s", errProtocol, what))
+}
+
+func (w *Worker) readPayload(size uint32, limit int) ([]byte, error) {
+	if int64(size) > int64(limit) {
+		w.Kill()
+		return nil, fmt.Errorf("bridge: %w: frame of %d bytes, limit %d", errProtocol, size, limit)
+	}
+	p := make([]byte, size)
+	if _, err := io.ReadFull(w.r, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// exitStatus waits briefly for the worker to exit and says how it did.
+func (w *Worker) exitStatus() string {
+	select {
+	case <-w.exited:
+	case <-time.After(2 * time.Second):
+		w.Kill()
+		<-w.exited
+	}
+	var ee *exec.ExitError
+	if errors.As(w.waitErr, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return fmt.Sprintf("was killed by signal %d (%v)", int(ws.Signal()), ws.Signal())
+		}
+		return fmt.Sprintf("exited with status %d", ee.ExitCode())
+	}
+	if w.waitErr != nil {
+		return fmt.Sprintf("ended (%v)", w.waitErr)
+	}
+	return "exited with status 0"
+}
+
+// Kill kills the worker and everything in its process group at once.
+func (w *Worker) Kill() {
+	select {
+	case <-w.exited:
+	default:
+		_ = syscall.Kill(-w.pid, syscall.SIGKILL)
+	}
+}
+
+// Close stops the worker: it closes the request pipe, which the worker
+// takes as the sign to exit, and kills it if it has not exited within
+// grace. Close returns when the worker is gone.
+func (w *Worker) Close(grace time.Duration) {
+	w.wmu.Lock()
+	w.toPy.Close()
+	w.wmu.Unlock()
+	select {
+	case <-w.exited:
+	case <-time.After(grace):
+		w.Kill()
+		<-w.exited
+	}
+	w.fromPy.Close()
+}
+
+// Exited is closed when the worker process has exited.
+func (w *Worker) Exited() <-chan struct{} { return w.exited }
+
+func putSize(frame []byte, n int) {
+	frame[4], frame[5], frame[6], frame[7] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
+// parseStatus reads the code from a block that starts "Status: NNN".
+func parseStatus(block []byte) (int, bool) {
+	const prefix = "Status: "
+	if len(block) < len(prefix)+3 || string(block[:len(prefix)]) != prefix {
+		return 0, false
+	}
+	code, err := strconv.Atoi(string(block[len(prefix) : len(prefix)+3]))
+	return code, err == nil && code >= 100
+}
+
+// bodySender streams a request body to the worker as B frames and ends
+// it with one E frame, from its own goroutine, so that the response is
+// read while the body is still being sent.
+type bodySender struct {
+	w         *Worker
+	id        uint16
+	body      io.Reader
+	remaining int64 // -1: until EOF
+	sent      int64
+	ended     bool // E was sent; guarded by w.wmu
+}
+
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, headerLen+bodyChunk); return &b }}
+
+func (s *bodySender) run() {
+	bp := bodyBufs.Get().(*[]byte)
+	defer bodyBufs.Put(bp)
+	buf := *bp
+	for s.remaining != 0 {
+		n := len(buf) - headerLen
+		if s.remaining > 0 && s.remaining < int64(n) {
+			n = int(s.remaining)
+		}
+		n, rerr := s.body.Read(buf[headerLen : headerLen+n])
+		if n > 0 {
+			appendHeader(buf[:0], frameBody, 0, s.id, n)
+			if !s.send(buf[:headerLen+n]) {
+				return
+			}
+			s.sent += int64(n)
+			if s.remaining > 0 {
+				s.remaining -= int64(n)
+			}
+		}
+		if rerr != nil {
+			if s.remaining > 0 {
+				s.w.log.Warn("request body ended early", "got", s.sent, "content_length", s.sent+s.remaining, "err", rerr)
+			}
+			break
+		}
+	}
+	s.end()
+}
+
+// send writes one frame unless the body was ended; false means stop.
+func (s *bodySender) send(frame []byte) bool {
+	s.w.wmu.Lock()
+	defer s.w.wmu.Unlock()
+	if s.ended {
+		return false
+	}
+	if _, err := s.w.toPy.Write(frame); err != nil {
+		s.ended = true
+		return false
+	}
+	return true
+}
+
+// end sends the E frame once; called when the body ends and when Serve
+// returns, whichever is first.
+func (s *bodySender) end() {
+	s.w.wmu.Lock()
+	defer s.w.wmu.Unlock()
+	if s.ended {
+		return
+	}
+	s.ended = true
+	var flags byte
+	if s.remaining > 0 {
+		flags = flagTruncated
+	}
+	var frame [headerLen]byte
+	_, _ = s.w.toPy.Write(appendHeader(frame[:0], frameBodyEnd, flags, s.id, 0))
+}
+
+// WriteError writes a short error response with the given status.
+func WriteError(rw ResponseWriter, status int) error {
+	text := strconv.Itoa(status) + " " + http.StatusText(status)
+	body := text + "\n"
+	block := "Status: " + text + "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\n\r\n"
+	if err := rw.WriteHeader(status, []byte(block)); err != nil {
+		return err
+	}
+	if _, err := rw.Write([]byte(body)); err != nil {
+		return err
+	}
+	return rw.Flush()
+}

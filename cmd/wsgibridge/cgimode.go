@@ -1,0 +1,141 @@
+package main
+
+// This file is "wsgibridge cgi" and the script form: one request, read from
+// the environment and stdin, answered on stdout.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wsgibridge/wsgibridge/bridge"
+	"github.com/wsgibridge/wsgibridge/cgi"
+)
+
+func runCGIFlags(args, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
+	fs := flag.NewFlagSet("wsgibridge cgi", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var s settings
+	appFlags(fs, &s)
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: wsgibridge cgi [flags] APP\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return exitUsage
+	}
+	lvl, err := parseLevel(*level)
+	if err != nil {
+		fmt.Fprintf(stderr, "wsgibridge cgi: --log-level: %v\n", err)
+		return exitUsage
+	}
+	if err := checkEnv(s.env); err != nil {
+		fmt.Fprintf(stderr, "wsgibridge cgi: %v\n", err)
+		return exitUsage
+	}
+	if isScript(fs.Arg(0)) {
+		return runScript(fs.Arg(0), environ, stdin, stdout, stderr)
+	}
+	s.app = fs.Arg(0)
+	return serveCGI(s, newLogger(stderr, lvl, false), environ, stdin, stdout, stderr)
+}
+
+func runScript(path string, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
+	log := newLogger(stderr, slog.LevelInfo, false)
+	s, err := readScript(path)
+	if err != nil {
+		log.Error(err.Error())
+		if hasVar(environ, "REQUEST_METHOD") {
+			_ = bridge.WriteError(cgi.NewResponseWriter(stdout), 500)
+		}
+		return exitUsage
+	}
+	return serveCGI(s, log, environ, stdin, stdout, stderr)
+}
+
+func hasVar(environ []string, name string) bool {
+	for _, kv := range environ {
+		if strings.HasPrefix(kv, name+"=") && len(kv) > len(name)+1 {
+			return true
+		}
+	}
+	return false
+}
+
+// serveCGI serves the one request of this process.
+func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
+	req, err := cgi.ReadRequest(environ, stdin)
+	if errors.Is(err, cgi.ErrNotCGI) {
+		fmt.Fprintf(stderr, "wsgibridge cgi: REQUEST_METHOD is not set: this mode serves one request for a web server,\n"+
+			"which sets the request in the environment (see the README for Apache).\n"+
+			"To try the app by hand: REQUEST_METHOD=GET SERVER_PROTOCOL=HTTP/1.1 PATH_INFO=/ wsgibridge cgi %s\n", s.app)
+		return exitUsage
+	}
+	// A write to a closed stdout must be an error we handle (the worker
+	// is reaped), not a silent death by SIGPIPE.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	// The web server sends SIGTERM when it gives up on us (its Timeout).
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stop()
+
+	rw := cgi.NewResponseWriter(stdout)
+	w, err := bridge.Start(bridge.Config{
+		App:        s.app,
+		Python:     s.python,
+		Dir:        s.chdir,
+		PythonPath: s.pythonpath,
+		Env:        append(cgi.ChildEnv(environ), s.env...),
+		Output:     stderr,
+		Logger:     log,
+	})
+	if err != nil {
+		log.Error("app could not be started", "app", s.app, "err", err)
+		_ = bridge.WriteError(rw, 500)
+		return exitAppError
+	}
+	defer w.Close(2 * time.Second)
+
+	env := make([]bridge.Var, 0, len(req.Env))
+	for _, kv := range req.Env {
+		name, value, _ := strings.Cut(kv, "=")
+		env = append(env, bridge.Var{Name: name, Value: value})
+	}
+	res, err := w.Serve(ctx, &bridge.Request{Env: env, Body: req.Body, BodyToEOF: req.BodyToEOF, RunOnce: true}, rw)
+	var ie *bridge.ImportError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ie):
+		log.Error(ie.Msg)
+		_ = bridge.WriteError(rw, 500)
+		return exitAppError
+	}
+	log.Error("request failed", "method", lookup(environ, "REQUEST_METHOD"), "uri", lookup(environ, "REQUEST_URI"),
+		"status", res.Status, "err", err)
+	if res.CutShort || res.Status == 0 {
+		return exitFailed
+	}
+	return exitOK
+}
+
+func lookup(environ []string, name string) string {
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,3 @@
+module github.com/wsgibridge/wsgibridge
+
+go 1.26.8
