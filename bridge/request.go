@@ -111,7 +111,7 @@ func normalize(in []Var) ([]Var, int64, error) {
 		return nil, 0, &StatusError{500, fmt.Sprintf("gateway misconfigured: SERVER_PROTOCOL is %q", proto)}
 	}
 	if strings.HasSuffix(scriptName, "/") {
-		scriptName = strings.TrimSuffix(scriptName, "/")
+		scriptName = strings.TrimRight(scriptName, "/")
 		pathInfo = "/" + strings.TrimPrefix(pathInfo, "/")
 	}
 	out = append(out, Var{"SCRIPT_NAME", scriptName}, Var{"PATH_INFO", pathInfo})

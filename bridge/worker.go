@@ -261,10 +261,11 @@ func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Re
 		defer body.end()
 	}
 	if err := w.Ready(ctx); err != nil {
-		if ctx.Err() != nil {
-			return w.failed(ctx, rw, Result{}, err)
+		var ie *ImportError
+		if errors.As(err, &ie) {
+			return Result{}, err
 		}
-		return Result{}, err
+		return w.failed(ctx, rw, Result{}, err)
 	}
 	return w.readResponse(ctx, id, rw)
 }
@@ -450,7 +451,10 @@ func parseStatus(block []byte) (int, bool) {
 		return 0, false
 	}
 	code, err := strconv.Atoi(string(block[len(prefix) : len(prefix)+3]))
-	return code, err == nil && code >= 100
+	if err != nil || code < 100 {
+		return 0, false
+	}
+	return code, true
 }
 
 // bodySender streams a request body to the worker as B frames and ends

@@ -1,0 +1,15 @@
+package bridge
+
+import (
+	"os/exec"
+	"testing"
+)
+
+// TestPythonWorker runs the worker's own unit tests (worker_test.py).
+func TestPythonWorker(t *testing.T) {
+	out, err := exec.Command("python3", "-m", "unittest", "-v", "worker_test.py").CombinedOutput()
+	if err != nil {
+		t.Fatalf("python3 -m unittest worker_test.py: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}

@@ -1,0 +1,187 @@
+"""Unit tests of the worker program, without the Go side: run with
+`python3 -m unittest bridge/worker_test.py` (TestPythonWorker runs them)."""
+
+import importlib.util
+import io
+import os
+import unittest
+
+_spec = importlib.util.spec_from_file_location(
+    "wsgibridge_worker", os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py"))
+worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(worker)
+
+
+def frames(*items, rid=1):
+    out = b""
+    for kind, payload in items:
+        out += worker.HEADER.pack(ord(kind), 0, rid, len(payload)) + payload
+    return io.BufferedReader(io.BytesIO(out))
+
+
+def parse(data):
+    """Splits worker output into (kind, flags, payload) tuples."""
+    out, pos = [], 0
+    while pos < len(data):
+        kind, flags, _, n = worker.HEADER.unpack_from(data, pos)
+        pos += 8
+        out.append((chr(kind), flags, data[pos:pos + n]))
+        pos += n
+    return out
+
+
+class StatusTest(unittest.TestCase):
+    def test_valid(self):
+        for status in ("200 OK", "404 Not Found", "599 ", "201 Caf\xe9"):
+            self.assertEqual(worker.check_status(status), status.encode("latin-1"))
+
+    def test_invalid(self):
+        for status in ("200", "20 OK", "200\r\nX: y", "099 Low", "2OO OK", "200OK", "200 O\nK",
+                       "200 \u20ac", b"200 OK", 200, None):
+            with self.assertRaises(worker.AppError, msg=repr(status)):
+                worker.check_status(status)
+
+
+class HeaderBlockTest(unittest.TestCase):
+    def test_block(self):
+        block, length = worker.header_block("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5"),
+                                                         ("X-Tab", "a\tb"), ("X-Latin", "caf\xe9")])
+        self.assertEqual(block, b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+                                b"X-Tab: a\tb\r\nX-Latin: caf\xe9\r\n\r\n")
+        self.assertEqual(length, 5)
+
+    def test_no_headers(self):
+        self.assertEqual(worker.header_block("204 No Content", []), (b"Status: 204 No Content\r\n\r\n", None))
+
+    def test_invalid(self):
+        cases = {
+            "space in name": [("X Bad", "v")],
+            "colon in name": [("X:Bad", "v")],
+            "empty name": [("", "v")],
+            "CR in value": [("X", "a\rb")],
+            "LF in value": [("X", "a\nb")],
+            "NUL in value": [("X", "a\x00b")],
+            "DEL in value": [("X", "a\x7fb")],
+            "not latin-1": [("X", "\u20ac")],
+            "bytes value": [("X", b"v")],
+            "not a tuple": [["X", "v"]],
+            "hop-by-hop": [("Transfer-Encoding", "chunked")],
+            "keep-alive": [("keep-alive", "5")],
+            "status header": [("Status", "200 OK")],
+            "bad length": [("Content-Length", "-1")],
+            "too large": [("X-Big", "v" * 40000)],
+        }
+        for name, headers in cases.items():
+            with self.assertRaises(worker.AppError, msg=name):
+                worker.header_block("200 OK", headers)
+        with self.assertRaises(worker.AppError):
+            worker.header_block("200 OK", (("X", "v"),))
+
+
+class InputTest(unittest.TestCase):
+    def test_read_sizes(self):
+        inp = worker.Input(frames(("B", b"hello "), ("B", b"world"), ("E", b"")), 1)
+        self.assertEqual(inp.read(3), b"hel")
+        self.assertEqual(inp.read(5), b"lo wo")
+        self.assertEqual(inp.read(), b"rld")
+        self.assertEqual(inp.read(), b"")
+        self.assertEqual(inp.read(10), b"")
+
+    def test_readline(self):
+        inp = worker.Input(frames(("B", b"ab"), ("B", b"c\nde"), ("B", b"f\ng"), ("E", b"")), 1)
+        self.assertEqual(inp.readline(), b"abc\n")
+        self.assertEqual(inp.readline(2), b"de")
+        self.assertEqual(inp.readline(), b"f\n")
+        self.assertEqual(inp.readline(), b"g")
+        self.assertEqual(inp.readline(), b"")
+
+    def test_iteration_and_readlines(self):
+        inp = worker.Input(frames(("B", b"1\n2\n"), ("B", b"3"), ("E", b"")), 1)
+        self.assertEqual(list(inp), [b"1\n", b"2\n", b"3"])
+        inp = worker.Input(frames(("B", b"1\n2\n3\n"), ("E", b"")), 1)
+        self.assertEqual(inp.readlines(2), [b"1\n"])
+        self.assertEqual(inp.readlines(), [b"2\n", b"3\n"])
+
+    def test_drain_then_next_request(self):
+        rin = frames(("B", b"unread"), ("E", b""), ("R", b"next"))
+        worker.Input(rin, 1).drain()
+        self.assertEqual(chr(worker.read_header(rin)[0]), "R")
+
+    def test_stale_frame(self):
+        inp = worker.Input(frames(("B", b"x"), rid=2), 1)
+        with self.assertRaises(worker.ProtocolError):
+            inp.read()
+
+    def test_truncated_pipe(self):
+        inp = worker.Input(io.BufferedReader(io.BytesIO(worker.HEADER.pack(ord("B"), 0, 1, 10) + b"abc")), 1)
+        with self.assertRaises(worker.ProtocolError):
+            inp.read()
+
+
+class ResponseTest(unittest.TestCase):
+    def setUp(self):
+        self.buf = io.BytesIO()
+        self.resp = worker.Response(self.buf, 1, False)
+
+    def test_headers_wait_for_first_non_empty_chunk(self):
+        write = self.resp.start_response("200 OK", [])
+        write(b"")
+        self.assertEqual(self.buf.getvalue(), b"")
+        write(b"x")
+        self.assertEqual([k for k, _, _ in parse(self.buf.getvalue())], ["H", "D"])
+
+    def test_write_before_start_response(self):
+        with self.assertRaises(worker.AppError):
+            self.resp.write(b"x")
+
+    def test_finish_without_start_response(self):
+        with self.assertRaises(worker.AppError):
+            self.resp.finish()
+
+    def test_fail_before_headers_is_500(self):
+        self.resp.start_response("200 OK", [])
+        self.resp.fail("boom")
+        got = parse(self.buf.getvalue())
+        self.assertTrue(got[0][2].startswith(b"Status: 500 "))
+        self.assertEqual(got[-1][:2], ("F", worker.APP_ERROR))
+
+    def test_fail_after_headers_aborts(self):
+        self.resp.start_response("200 OK", [])(b"partial")
+        self.resp.fail("boom")
+        self.assertEqual(parse(self.buf.getvalue())[-1], ("X", 0, b"boom"))
+
+    def test_head_omits_body(self):
+        resp = worker.Response(self.buf, 1, True)
+        resp.start_response("200 OK", [("Content-Length", "3")])(b"abc")
+        resp.finish()
+        self.assertEqual([k for k, _, _ in parse(self.buf.getvalue())], ["H", "F"])
+
+    def test_304_omits_body(self):
+        self.resp.start_response("304 Not Modified", [])(b"abc")
+        self.resp.finish()
+        self.assertEqual([k for k, _, _ in parse(self.buf.getvalue())], ["H", "F"])
+
+    def test_excess_over_content_length_dropped(self):
+        self.resp.start_response("200 OK", [("Content-Length", "2")])(b"abcd")
+        self.resp.finish()
+        got = parse(self.buf.getvalue())
+        self.assertEqual([(k, p) for k, _, p in got if k == "D"], [("D", b"ab")])
+        self.assertIn("L", [k for k, _, _ in got])
+
+    def test_large_chunk_split_into_frames(self):
+        self.resp.start_response("200 OK", [])(b"x" * (worker.MAX_FRAME + 1))
+        sizes = [len(p) for k, _, p in parse(self.buf.getvalue()) if k == "D"]
+        self.assertEqual(sizes, [worker.MAX_FRAME, 1])
+
+
+class LoadAppTest(unittest.TestCase):
+    def test_not_callable(self):
+        with self.assertRaises(TypeError):
+            worker.load_app("os:sep")
+
+    def test_module_and_attribute(self):
+        self.assertIs(worker.load_app("os.path:join"), os.path.join)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,272 @@
+"""A WSGI app that does one thing per path, right or wrong, for the tests.
+
+`application` is the app; `validated` is the same app wrapped in
+wsgiref.validate.validator, so the standard library checks our side of the
+contract too (the paths that break the contract on purpose are not run
+under it).
+"""
+
+import os
+import signal
+import sys
+import time
+from wsgiref.validate import validator
+
+TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+
+
+def ok(start_response, body, extra=()):
+    start_response("200 OK", TEXT + [("Content-Length", str(len(body)))] + list(extra))
+    return [body]
+
+
+class Closing:
+    """An iterable that reports when close() is called."""
+
+    def __init__(self, chunks, raise_at=None):
+        self.chunks = chunks
+        self.raise_at = raise_at
+
+    def __iter__(self):
+        for i, chunk in enumerate(self.chunks):
+            if i == self.raise_at:
+                raise RuntimeError("iteration failed on purpose")
+            yield chunk
+
+    def close(self):
+        sys.stderr.write("probe: close() called\n")
+        sys.stderr.flush()
+
+
+def hello(environ, start_response):
+    return ok(start_response, b"Hello, world!")
+
+
+def environ_dump(environ, start_response):
+    """Each CGI key and its value as latin-1 bytes, plus types of wsgi.* keys."""
+    lines = []
+    for key in sorted(environ):
+        value = environ[key]
+        if type(value) is str:
+            lines.append(key.encode("latin-1") + b"=" + value.encode("latin-1"))
+        else:
+            lines.append(key.encode("latin-1") + b":" + type(value).__name__.encode())
+    return ok(start_response, b"\n".join(lines))
+
+
+def os_environ(environ, start_response):
+    body = "\n".join("%s=%s" % kv for kv in sorted(os.environ.items())).encode("utf-8", "replace")
+    return ok(start_response, body)
+
+
+def echo(environ, start_response):
+    """Echoes the body in 64 KiB reads, streaming it back."""
+    inp = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    start_response("200 OK", TEXT + ([("Content-Length", length)] if length else []))
+
+    def chunks():
+        while True:
+            data = inp.read(65536)
+            if not data:
+                return
+            yield data
+    return chunks()
+
+
+def read_all(environ, start_response):
+    """Reads the body with read() and tells how much came, then reads again."""
+    inp = environ["wsgi.input"]
+    first = inp.read()
+    again = inp.read(10)
+    return ok(start_response, b"%d %d" % (len(first), len(again)))
+
+
+def read_more(environ, start_response):
+    """Asks for more than CONTENT_LENGTH in one read(n)."""
+    data = environ["wsgi.input"].read(1 << 20)
+    return ok(start_response, b"%d" % len(data))
+
+
+def readlines(environ, start_response):
+    inp = environ["wsgi.input"]
+    first = inp.readline()
+    limited = inp.readline(3)
+    rest = list(inp)
+    body = b"|".join([first, limited] + rest)
+    return ok(start_response, body)
+
+
+def stream(environ, start_response):
+    """Yields a first chunk, then waits for the file named in the query to exist."""
+    start_response("200 OK", TEXT)
+    yield b"first chunk\n"
+    gate = environ.get("QUERY_STRING", "")
+    deadline = time.time() + 20
+    while gate and not os.path.exists(gate) and time.time() < deadline:
+        time.sleep(0.01)
+    yield b"second chunk\n"
+
+
+def prints(environ, start_response):
+    print("probe: printed to stdout")
+    sys.stdout.write("Status: 666 Evil\r\n\r\nnot the response\n")
+    return ok(start_response, b"printed")
+
+
+def raise_before(environ, start_response):
+    raise RuntimeError("raised before start_response on purpose")
+
+
+def raise_after(environ, start_response):
+    start_response("200 OK", TEXT)
+    yield b"partial "
+    raise RuntimeError("raised after headers on purpose")
+
+
+def empty_then_raise(environ, start_response):
+    start_response("200 OK", TEXT)
+    yield b""
+    yield b""
+    raise RuntimeError("raised after empty chunks")
+
+
+def empty_body(environ, start_response):
+    start_response("200 OK", TEXT + [("X-Empty", "yes")])
+    return []
+
+
+def write_before_start(environ, start_response):
+    # The only way to reach write() without start_response() is the
+    # server's own object behind the bound method.
+    start_response.__self__.write(b"too early")
+    return []
+
+
+def start_twice(environ, start_response):
+    start_response("200 OK", TEXT)
+    start_response("201 Created", TEXT)
+    return [b"x"]
+
+
+def exc_info_before(environ, start_response):
+    start_response("200 OK", TEXT)
+    try:
+        raise ValueError("handled")
+    except ValueError:
+        start_response("503 Service Unavailable", TEXT, sys.exc_info())
+    return [b"replaced"]
+
+
+def exc_info_after(environ, start_response):
+    start_response("200 OK", TEXT)
+    yield b"sent "
+    try:
+        raise ValueError("late failure")
+    except ValueError:
+        start_response("500 Internal Server Error", TEXT, sys.exc_info())
+    yield b"never"
+
+
+def write_callable(environ, start_response):
+    write = start_response("200 OK", TEXT)
+    write(b"written ")
+    return [b"returned"]
+
+
+def close_on_raise(environ, start_response):
+    start_response("200 OK", TEXT)
+    return Closing([b"a", b"b"], raise_at=1)
+
+
+def close_normal(environ, start_response):
+    start_response("200 OK", TEXT)
+    return Closing([b"a", b"b"])
+
+
+def file_wrapper(environ, start_response):
+    path = environ["QUERY_STRING"]
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](open(path, "rb"), 8192)
+
+
+def str_body(environ, start_response):
+    start_response("200 OK", TEXT)
+    return ["a str, not bytes"]
+
+
+def int_status(environ, start_response):
+    start_response(200, TEXT)
+    return [b"x"]
+
+
+def crlf_header(environ, start_response):
+    start_response("200 OK", TEXT + [("X-Bad", "a\r\nSet-Cookie: evil=1")])
+    return [b"x"]
+
+
+def hop_header(environ, start_response):
+    start_response("200 OK", TEXT + [("Connection", "close")])
+    return [b"x"]
+
+
+def short_length(environ, start_response):
+    start_response("200 OK", TEXT + [("Content-Length", "100")])
+    return [b"only ten.."]
+
+
+def exit_worker(environ, start_response):
+    os._exit(7)
+
+
+def kill_worker(environ, start_response):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sys_exit(environ, start_response):
+    sys.exit(1)
+
+
+def sleep(environ, start_response):
+    time.sleep(float(environ.get("QUERY_STRING") or "30"))
+    return ok(start_response, b"slept")
+
+
+def pid(environ, start_response):
+    return ok(start_response, str(os.getpid()).encode())
+
+
+def big(environ, start_response):
+    """Yields QUERY_STRING MiB of a repeating pattern."""
+    mib = int(environ.get("QUERY_STRING") or "1")
+    block = bytes(range(256)) * 4096
+    start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                              ("Content-Length", str(mib * len(block)))])
+    return (block for _ in range(mib))
+
+
+ROUTES = {
+    "/": hello, "/hello": hello, "/environ": environ_dump, "/os-environ": os_environ,
+    "/echo": echo, "/read-all": read_all, "/read-more": read_more, "/readlines": readlines,
+    "/stream": stream, "/print": prints, "/raise-before": raise_before,
+    "/raise-after": raise_after, "/empty-then-raise": empty_then_raise,
+    "/empty-body": empty_body, "/write-before-start": write_before_start,
+    "/start-twice": start_twice, "/exc-info-before": exc_info_before,
+    "/exc-info-after": exc_info_after, "/write": write_callable,
+    "/close-on-raise": close_on_raise, "/close": close_normal, "/file-wrapper": file_wrapper,
+    "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
+    "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
+    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/pid": pid, "/big": big,
+}
+
+
+def application(environ, start_response):
+    route = ROUTES.get(environ.get("PATH_INFO") or "/")
+    if route is None:
+        body = ("no route %r" % environ.get("PATH_INFO")).encode("latin-1")
+        start_response("404 Not Found", TEXT + [("Content-Length", str(len(body)))])
+        return [body]
+    return route(environ, start_response)
+
+
+validated = validator(application)
