@@ -19,17 +19,23 @@ type Request struct {
 	// Env holds every variable of the environment, as "NAME=value": the
 	// meta-variables and whatever the server added (SetEnv, PATH).
 	Env []string
-	// Body is the request body: standard input.
-	Body io.Reader
+	// Body is the request body, read from standard input through a Spool
+	// (see spool.go), or nil when the request has none. Close it when done.
+	Body io.ReadCloser
 	// BodyToEOF is set for a chunked request: the server then gives no
 	// CONTENT_LENGTH and the body runs to the end of standard input.
 	BodyToEOF bool
 }
 
+// spoolMemory is how much of an unread body is held in memory before the
+// rest is spooled to a temporary file.
+const spoolMemory = 1 << 20
+
 // ReadRequest reads the request from environ (as os.Environ gives it) and
-// stdin.
-func ReadRequest(environ []string, stdin io.Reader) (*Request, error) {
-	r := &Request{Env: environ, Body: stdin}
+// stdin. Spooled body bytes beyond memory go to a file in tmpDir
+// (os.TempDir() if empty).
+func ReadRequest(environ []string, stdin io.Reader, tmpDir string) (*Request, error) {
+	r := &Request{Env: environ}
 	var method, length, te string
 	for _, kv := range environ {
 		name, value, _ := strings.Cut(kv, "=")
@@ -46,6 +52,9 @@ func ReadRequest(environ []string, stdin io.Reader) (*Request, error) {
 		return nil, ErrNotCGI
 	}
 	r.BodyToEOF = length == "" && strings.Contains(strings.ToLower(te), "chunked")
+	if r.BodyToEOF || strings.TrimLeft(length, "0") != "" {
+		r.Body = NewSpool(stdin, spoolMemory, tmpDir)
+	}
 	return r, nil
 }
 

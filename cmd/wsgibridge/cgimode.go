@@ -77,12 +77,15 @@ func hasVar(environ []string, name string) bool {
 
 // serveCGI serves the one request of this process.
 func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
-	req, err := cgi.ReadRequest(environ, stdin)
+	req, err := cgi.ReadRequest(environ, stdin, lookup(environ, "TMPDIR"))
 	if errors.Is(err, cgi.ErrNotCGI) {
 		fmt.Fprintf(stderr, "wsgibridge cgi: REQUEST_METHOD is not set: this mode serves one request for a web server,\n"+
 			"which sets the request in the environment (see the README for Apache).\n"+
 			"To try the app by hand: REQUEST_METHOD=GET SERVER_PROTOCOL=HTTP/1.1 PATH_INFO=/ wsgibridge cgi %s\n", s.app)
 		return exitUsage
+	}
+	if req.Body != nil {
+		defer req.Body.Close()
 	}
 	// A write to a closed stdout must be an error we handle (the worker
 	// is reaped), not a silent death by SIGPIPE.
@@ -113,7 +116,11 @@ func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, s
 		name, value, _ := strings.Cut(kv, "=")
 		env = append(env, bridge.Var{Name: name, Value: value})
 	}
-	res, err := w.Serve(ctx, &bridge.Request{Env: env, Body: req.Body, BodyToEOF: req.BodyToEOF, RunOnce: true}, rw)
+	breq := &bridge.Request{Env: env, BodyToEOF: req.BodyToEOF, RunOnce: true}
+	if req.Body != nil {
+		breq.Body = req.Body
+	}
+	res, err := w.Serve(ctx, breq, rw)
 	var ie *bridge.ImportError
 	switch {
 	case err == nil:

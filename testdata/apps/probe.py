@@ -260,7 +260,14 @@ ROUTES = {
 }
 
 
+def echo_path(environ, start_response):
+    """Tells PATH_INFO as ascii(), so the bytes the app got are visible."""
+    return ok(start_response, ascii(environ["PATH_INFO"]).encode())
+
+
 def application(environ, start_response):
+    if environ.get("PATH_INFO", "").startswith("/echo-path/"):
+        return echo_path(environ, start_response)
     route = ROUTES.get(environ.get("PATH_INFO") or "/")
     if route is None:
         body = ("no route %r" % environ.get("PATH_INFO")).encode("latin-1")
