@@ -7,7 +7,9 @@ package bridge
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +25,12 @@ import (
 
 //go:embed worker.py
 var workerSource []byte
+
+// workerHash names the worker's cached compiled code.
+var workerHash = func() string {
+	sum := sha256.Sum256(workerSource)
+	return hex.EncodeToString(sum[:8])
+}()
 
 // Config says how to start a worker.
 type Config struct {
@@ -45,6 +53,9 @@ type Config struct {
 	Output *os.File
 	// Logger receives the bridge's log lines; nil means slog.Default().
 	Logger *slog.Logger
+	// CacheDir keeps the worker's compiled code between starts; it must
+	// be a folder only this user can write (PrivateDir). Empty: no cache.
+	CacheDir string
 }
 
 // ResponseWriter is where a response goes. Both the CGI and the FastCGI
@@ -142,7 +153,7 @@ func Start(cfg Config) (*Worker, error) {
 		toPy.Close()
 		return nil, fmt.Errorf("bridge: worker pipe: %w", err)
 	}
-	args := append([]string{"-c", bootstrap(len(workerSource)), cfg.App}, cfg.PythonPath...)
+	args := append([]string{"-c", bootstrap(len(workerSource), cfg.CacheDir, workerHash), cfg.App}, cfg.PythonPath...)
 	cmd := exec.Command(path, args...)
 	cmd.Dir = cfg.Dir
 	cmd.Env = cfg.Env
@@ -461,12 +472,13 @@ func parseStatus(block []byte) (int, bool) {
 // it with one E frame, from its own goroutine, so that the response is
 // read while the body is still being sent.
 type bodySender struct {
-	w         *Worker
-	id        uint16
-	body      io.Reader
+	w    *Worker
+	id   uint16
+	body io.Reader
+	// Guarded by w.wmu; run reads them without it, as their only writer.
 	remaining int64 // -1: until EOF
 	sent      int64
-	ended     bool // E was sent; guarded by w.wmu
+	ended     bool // E was sent
 }
 
 var bodyBufs = sync.Pool{New: func() any { b := make([]byte, headerLen+bodyChunk); return &b }}
@@ -483,12 +495,8 @@ func (s *bodySender) run() {
 		n, rerr := s.body.Read(buf[headerLen : headerLen+n])
 		if n > 0 {
 			appendHeader(buf[:0], frameBody, 0, s.id, n)
-			if !s.send(buf[:headerLen+n]) {
+			if !s.send(buf[:headerLen+n], n) {
 				return
-			}
-			s.sent += int64(n)
-			if s.remaining > 0 {
-				s.remaining -= int64(n)
 			}
 		}
 		if rerr != nil {
@@ -501,8 +509,9 @@ func (s *bodySender) run() {
 	s.end()
 }
 
-// send writes one frame unless the body was ended; false means stop.
-func (s *bodySender) send(frame []byte) bool {
+// send writes one frame of n body bytes unless the body was ended; false
+// means stop. The counters change under the lock, as end reads them.
+func (s *bodySender) send(frame []byte, n int) bool {
 	s.w.wmu.Lock()
 	defer s.w.wmu.Unlock()
 	if s.ended {
@@ -511,6 +520,10 @@ func (s *bodySender) send(frame []byte) bool {
 	if _, err := s.w.toPy.Write(frame); err != nil {
 		s.ended = true
 		return false
+	}
+	s.sent += int64(n)
+	if s.remaining > 0 {
+		s.remaining -= int64(n)
 	}
 	return true
 }

@@ -94,7 +94,11 @@ func TestSpoolKeepsReadingWhileNobodyReads(t *testing.T) {
 	src := bytes.NewReader(data)
 	s := NewSpool(src, 64<<10, t.TempDir())
 	defer s.Close()
-	require.Eventually(t, func() bool { return src.Len() == 0 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.err == io.EOF
+	}, 10*time.Second, time.Millisecond, "the source was not read to its end")
 	s.mu.Lock()
 	assert.NotNil(t, s.file, "over the memory limit the spool uses a file")
 	assert.LessOrEqual(t, len(s.mem), 64<<10)

@@ -95,7 +95,12 @@ func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, s
 	defer stop()
 
 	rw := cgi.NewResponseWriter(stdout)
+	cacheDir, err := bridge.PrivateDir()
+	if err != nil {
+		log.Debug("worker code is not cached", "err", err)
+	}
 	w, err := bridge.Start(bridge.Config{
+		CacheDir:   cacheDir,
 		App:        s.app,
 		Python:     s.python,
 		Dir:        s.chdir,
@@ -121,6 +126,11 @@ func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, s
 		breq.Body = req.Body
 	}
 	res, err := w.Serve(ctx, breq, rw)
+	// The response is complete: let the web server finish it while the
+	// worker exits (Python's shutdown takes milliseconds with a big app).
+	if c, ok := stdout.(io.Closer); ok && !errors.As(err, new(*bridge.ImportError)) {
+		_ = c.Close()
+	}
 	var ie *bridge.ImportError
 	switch {
 	case err == nil:

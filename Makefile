@@ -1,0 +1,41 @@
+# wsgibridge: make demo | make test | make build | make bench | make fuzz
+
+GO ?= go
+BIN := bin/wsgibridge
+# What the tests need from Debian (the end-to-end tests use real servers).
+DEBIAN_PACKAGES := apache2 nginx python3 python3-flask python3-django libfcgi-bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FUZZTIME ?= 10s
+
+.PHONY: build test demo deps fuzz bench clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/wsgibridge
+
+# Installs the Debian packages the tests and the demo need, when missing.
+deps:
+	@missing=""; \
+	for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: deps
+	$(GO) vet ./...
+	@bad=$$(gofmt -l .); if [ -n "$$bad" ]; then echo "gofmt would change: $$bad"; exit 1; fi
+	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz
+
+# A short run of each fuzz target (longer by hand: make fuzz FUZZTIME=10m).
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzNormalize$$' -fuzztime $(FUZZTIME) ./bridge
+
+demo: deps build
+	testdata/apache/demo.sh
+
+clean:
+	rm -rf bin
