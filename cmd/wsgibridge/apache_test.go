@@ -235,67 +235,70 @@ func TestApacheCGI(t *testing.T) {
 		})
 	}
 
-	t.Run("10 MiB POST echoed", func(t *testing.T) {
-		payload := make([]byte, 10<<20)
-		_, err := rand.Read(payload)
-		require.NoError(t, err)
-		resp, body := a.do(t, "POST", "/probe-validated/echo", bytes.NewReader(payload))
-		assert.Equal(t, 200, resp.StatusCode)
-		assert.Equal(t, len(payload), len(body))
-		assert.Equal(t, sha256.Sum256(payload), sha256.Sum256([]byte(body)))
-	})
+	for _, app := range []string{"probe", "probe-validated"} {
+		app := app
+		t.Run(app+"/10 MiB POST echoed", func(t *testing.T) {
+			payload := make([]byte, 10<<20)
+			_, err := rand.Read(payload)
+			require.NoError(t, err)
+			resp, body := a.do(t, "POST", "/"+app+"/echo", bytes.NewReader(payload))
+			assert.Equal(t, 200, resp.StatusCode)
+			assert.Equal(t, len(payload), len(body))
+			assert.Equal(t, sha256.Sum256(payload), sha256.Sum256([]byte(body)))
+		})
 
-	t.Run("streamed response", func(t *testing.T) {
-		gate := filepath.Join(a.dir, "gates", "stream")
-		resp, err := http.Get(a.base + "/probe-validated/stream?" + gate)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		first := make(chan string, 1)
-		br := bufio.NewReader(resp.Body)
-		go func() {
-			line, _ := br.ReadString('\n')
-			first <- line
-		}()
-		select {
-		case line := <-first:
-			assert.Equal(t, "first chunk\n", line, "the first chunk arrives while the generator waits")
-		case <-time.After(15 * time.Second):
-			t.Fatal("first chunk did not arrive before the generator finished")
-		}
-		require.NoError(t, os.WriteFile(gate, nil, 0o644))
-		rest, err := io.ReadAll(br)
-		require.NoError(t, err)
-		assert.Equal(t, "second chunk\n", string(rest))
-	})
+		t.Run(app+"/streamed response", func(t *testing.T) {
+			gate := filepath.Join(a.dir, "gates", app)
+			resp, err := http.Get(a.base + "/" + app + "/stream?" + gate)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			first := make(chan string, 1)
+			br := bufio.NewReader(resp.Body)
+			go func() {
+				line, _ := br.ReadString('\n')
+				first <- line
+			}()
+			select {
+			case line := <-first:
+				assert.Equal(t, "first chunk\n", line, "the first chunk arrives while the generator waits")
+			case <-time.After(15 * time.Second):
+				t.Fatal("first chunk did not arrive before the generator finished")
+			}
+			require.NoError(t, os.WriteFile(gate, nil, 0o644))
+			rest, err := io.ReadAll(br)
+			require.NoError(t, err)
+			assert.Equal(t, "second chunk\n", string(rest))
+		})
 
-	t.Run("PATH_INFO is latin-1 decoded bytes", func(t *testing.T) {
-		_, body := a.do(t, "GET", "/probe-validated/echo-path/caf%C3%A9", nil)
-		assert.Equal(t, `'/echo-path/caf\xc3\xa9'`, body)
-	})
+		t.Run(app+"/PATH_INFO is latin-1 decoded bytes", func(t *testing.T) {
+			_, body := a.do(t, "GET", "/"+app+"/echo-path/caf%C3%A9", nil)
+			assert.Equal(t, `'/echo-path/caf\xc3\xa9'`, body)
+		})
 
-	t.Run("app that prints", func(t *testing.T) {
-		resp, body := a.do(t, "GET", "/probe-validated/print", nil)
-		assert.Equal(t, 200, resp.StatusCode)
-		assert.Equal(t, "printed", body)
-		a.waitLog(t, "probe: printed to stdout")
-	})
+		t.Run(app+"/app that prints", func(t *testing.T) {
+			resp, body := a.do(t, "GET", "/"+app+"/print", nil)
+			assert.Equal(t, 200, resp.StatusCode)
+			assert.Equal(t, "printed", body)
+			a.waitLog(t, "probe: printed to stdout by /"+app)
+		})
 
-	t.Run("raise before start_response", func(t *testing.T) {
-		resp, body := a.do(t, "GET", "/probe-validated/raise-before", nil)
-		assert.Equal(t, 500, resp.StatusCode)
-		assert.Equal(t, "Internal Server Error\n", body)
-		a.waitLog(t, "Traceback (most recent call last)")
-		a.waitLog(t, "app raised in GET /probe-validated/raise-before: RuntimeError: raised before start_response on purpose")
-	})
+		t.Run(app+"/raise before start_response", func(t *testing.T) {
+			resp, body := a.do(t, "GET", "/"+app+"/raise-before", nil)
+			assert.Equal(t, 500, resp.StatusCode)
+			assert.Equal(t, "Internal Server Error\n", body)
+			a.waitLog(t, "Traceback (most recent call last)")
+			a.waitLog(t, "app raised in GET /"+app+"/raise-before: RuntimeError: raised before start_response on purpose")
+		})
 
-	t.Run("raise after headers", func(t *testing.T) {
-		resp, body := a.do(t, "GET", "/probe-validated/raise-after", nil)
-		// CGI cannot tell the client: Apache ends the chunked body as if
-		// complete. The response is cut where the app failed and logged.
-		assert.Equal(t, 200, resp.StatusCode)
-		assert.Equal(t, "partial ", body)
-		a.waitLog(t, "raised after headers on purpose")
-	})
+		t.Run(app+"/raise after headers", func(t *testing.T) {
+			resp, body := a.do(t, "GET", "/"+app+"/raise-after", nil)
+			// CGI cannot tell the client: Apache ends the chunked body as if
+			// complete. The response is cut where the app failed and logged.
+			assert.Equal(t, 200, resp.StatusCode)
+			assert.Equal(t, "partial ", body)
+			a.waitLog(t, "GET /"+app+"/raise-after: RuntimeError: raised after headers on purpose")
+		})
+	}
 
 	t.Run("worker dies", func(t *testing.T) {
 		resp, _ := a.do(t, "GET", "/probe/kill", nil)

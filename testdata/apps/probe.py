@@ -74,6 +74,16 @@ def echo(environ, start_response):
     return chunks()
 
 
+def count(environ, start_response):
+    """Reads the body in 64 KiB pieces and tells how many bytes came."""
+    inp, total = environ["wsgi.input"], 0
+    while True:
+        data = inp.read(65536)
+        if not data:
+            return ok(start_response, b"%d" % total)
+        total += len(data)
+
+
 def read_all(environ, start_response):
     """Reads the body with read() and tells how much came, then reads again."""
     inp = environ["wsgi.input"]
@@ -109,7 +119,7 @@ def stream(environ, start_response):
 
 
 def prints(environ, start_response):
-    print("probe: printed to stdout")
+    print("probe: printed to stdout by", environ.get("SCRIPT_NAME") or "/")
     sys.stdout.write("Status: 666 Evil\r\n\r\nnot the response\n")
     return ok(start_response, b"printed")
 
@@ -247,7 +257,7 @@ def big(environ, start_response):
 
 ROUTES = {
     "/": hello, "/hello": hello, "/environ": environ_dump, "/os-environ": os_environ,
-    "/echo": echo, "/read-all": read_all, "/read-more": read_more, "/readlines": readlines,
+    "/echo": echo, "/count": count, "/read-all": read_all, "/read-more": read_more, "/readlines": readlines,
     "/stream": stream, "/print": prints, "/raise-before": raise_before,
     "/raise-after": raise_after, "/empty-then-raise": empty_then_raise,
     "/empty-body": empty_body, "/write-before-start": write_before_start,
