@@ -8,6 +8,8 @@ import (
 	"errors"
 	"io"
 	"strings"
+
+	"github.com/wsgibridge/wsgibridge/internal/spool"
 )
 
 // ErrNotCGI is returned by ReadRequest when REQUEST_METHOD is not set: the
@@ -19,8 +21,9 @@ type Request struct {
 	// Env holds every variable of the environment, as "NAME=value": the
 	// meta-variables and whatever the server added (SetEnv, PATH).
 	Env []string
-	// Body is the request body, read from standard input through a Spool
-	// (see spool.go), or nil when the request has none. Close it when done.
+	// Body is the request body, read from standard input as fast as the
+	// server writes it (see package spool), or nil when the request has
+	// none. Close it when done.
 	Body io.ReadCloser
 	// BodyToEOF is set for a chunked request: the server then gives no
 	// CONTENT_LENGTH and the body runs to the end of standard input.
@@ -53,7 +56,9 @@ func ReadRequest(environ []string, stdin io.Reader, tmpDir string) (*Request, er
 	}
 	r.BodyToEOF = length == "" && strings.Contains(strings.ToLower(te), "chunked")
 	if r.BodyToEOF || strings.TrimLeft(length, "0") != "" {
-		r.Body = NewSpool(stdin, spoolMemory, tmpDir)
+		body := spool.New(spoolMemory, tmpDir)
+		go body.Fill(stdin)
+		r.Body = body
 	}
 	return r, nil
 }
