@@ -33,6 +33,8 @@ test: deps
 # A short run of each fuzz target (longer by hand: make fuzz FUZZTIME=10m).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalize$$' -fuzztime $(FUZZTIME) ./bridge
+	$(GO) test -run '^$$' -fuzz '^FuzzPairs$$' -fuzztime $(FUZZTIME) ./fastcgi
+	$(GO) test -run '^$$' -fuzz '^FuzzConn$$' -fuzztime $(FUZZTIME) ./fastcgi
 
 demo: deps build
 	testdata/apache/demo.sh

@@ -38,10 +38,9 @@ const (
 
 	flagKeepConn = 1
 
-	statusRequestComplete = 0
-	statusCantMultiplex   = 1
-	statusOverloaded      = 2
-	statusUnknownRole     = 3
+	statusRequestComplete uint8 = 0
+	statusOverloaded      uint8 = 2
+	statusUnknownRole     uint8 = 3
 )
 
 // maxContent is the largest content we write in one record: the largest
