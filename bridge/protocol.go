@@ -21,7 +21,8 @@ package bridge
 // D (body bytes, flag flushData when the client should get them now), L (a
 // log line, flags give the level), and one F (finished; flag finishedAppError
 // when the worker made a 500 page for an app error) or X (aborted after the
-// headers were sent; payload: why).
+// headers were sent; payload: why). On F and X, flag finishedExiting says
+// the worker exits after this request.
 //
 // Every per-request frame carries the request id the bridge chose, so a
 // frame left over from an earlier request is detected, not misdelivered.
@@ -56,6 +57,7 @@ const (
 	flagTruncated       = 1 // E: the body ended before CONTENT_LENGTH bytes
 	flushData           = 1 // D: pass to the client now
 	finishedAppError    = 1 // F: the response is the worker's 500 page
+	finishedExiting     = 2 // F, X: the worker exits after this request
 	logWarn             = 1 // L
 	logError            = 2 // L
 )

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -122,6 +123,9 @@ type Worker struct {
 
 	exited  chan struct{}
 	waitErr error
+	// unusable is set when the worker was killed, broke the protocol or
+	// said it exits after its request.
+	unusable atomic.Bool
 }
 
 // Start starts a worker. It does not wait for the app to import: Ready
@@ -342,6 +346,9 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			w.log.Log(ctx, level, string(msg))
 		case frameFinished:
 			res.AppError = h.flags&finishedAppError != 0
+			if h.flags&finishedExiting != 0 {
+				w.unusable.Store(true)
+			}
 			if clientErr == nil {
 				clientErr = rw.Flush()
 			}
@@ -350,6 +357,9 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			}
 			return res, nil
 		case frameAborted:
+			if h.flags&finishedExiting != 0 {
+				w.unusable.Store(true)
+			}
 			msg, err := w.readPayload(h.size, maxLogFrame)
 			if err != nil {
 				return w.failed(ctx, rw, res, err)
@@ -423,8 +433,23 @@ func (w *Worker) exitStatus() string {
 	return "exited with status 0"
 }
 
+// Usable reports whether the worker can take another request: it is
+// alive as far as we know, in step with the protocol, and not exiting.
+func (w *Worker) Usable() bool {
+	if w.unusable.Load() {
+		return false
+	}
+	select {
+	case <-w.exited:
+		return false
+	default:
+		return true
+	}
+}
+
 // Kill kills the worker and everything in its process group at once.
 func (w *Worker) Kill() {
+	w.unusable.Store(true)
 	select {
 	case <-w.exited:
 	default:

@@ -42,8 +42,9 @@ HEAD, DATA, LOG, FINISHED, ABORTED = ord("H"), ord("D"), ord("L"), ord("F"), ord
 RUN_ONCE, INPUT_TERMINATED = 1, 2
 # DATA flag.
 FLUSH = 1
-# FINISHED flag: the response is an error page made by the worker.
-APP_ERROR = 1
+# FINISHED flags: the response is an error page made by the worker; the
+# worker exits after this request.
+APP_ERROR, EXITING = 1, 2
 # LOG flags (levels).
 LOG_WARN, LOG_ERROR = 1, 2
 
@@ -294,10 +295,10 @@ class Response:
         self.frame(FINISHED)
         self.out.flush()
 
-    def fail(self, summary):
+    def fail(self, summary, exiting=False):
         """Ends the request after an app error: a 500 if nothing was sent, else an abort."""
         if self.headers_sent:
-            self.frame(ABORTED, summary.encode("utf-8", "replace"))
+            self.frame(ABORTED, summary.encode("utf-8", "replace"), EXITING if exiting else 0)
         else:
             body = b"Internal Server Error\n"
             self.frame(HEAD, b"Status: 500 Internal Server Error\r\n"
@@ -305,7 +306,7 @@ class Response:
                        b"Content-Length: %d\r\n\r\n" % len(body))
             if not self.omit_body:
                 self.frame(DATA, body)
-            self.frame(FINISHED, flags=APP_ERROR)
+            self.frame(FINISHED, flags=APP_ERROR | (EXITING if exiting else 0))
         self.out.flush()
 
 
@@ -386,9 +387,10 @@ def handle(app, rin, out, flags, rid, payload):
     except (ProtocolError, BrokenPipeError):
         raise
     except BaseException as exc:
-        resp.fail(report(out, rid, environ, exc))
         # Interpreter state is suspect after these; a fresh worker is cheap.
-        if isinstance(exc, (SystemExit, KeyboardInterrupt, MemoryError)):
+        exiting = isinstance(exc, (SystemExit, KeyboardInterrupt, MemoryError))
+        resp.fail(report(out, rid, environ, exc), exiting)
+        if exiting:
             return True
     inp.drain()
     return False

@@ -217,6 +217,7 @@ func TestSysExitRecyclesWorker(t *testing.T) {
 	_, res, err := h.get("/sys-exit")
 	require.NoError(t, err)
 	assert.Equal(t, 500, res.Status)
+	assert.False(t, h.w.Usable(), "the worker said it exits")
 	select {
 	case <-h.w.Exited():
 	case <-time.After(10 * time.Second):
@@ -491,6 +492,7 @@ func TestWorkerDeath(t *testing.T) {
 			assert.Equal(t, 502, res.Status)
 			assert.Equal(t, 502, rec.status)
 			assert.False(t, res.CutShort)
+			assert.False(t, h.w.Usable())
 		})
 	}
 }
@@ -586,6 +588,7 @@ func TestWorkerServesManyRequests(t *testing.T) {
 	for _, p := range pids {
 		assert.Equal(t, strconv.Itoa(h.w.Pid()), p, "the same worker serves every request, unread bodies and all")
 	}
+	assert.True(t, h.w.Usable())
 }
 
 func TestCloseEndsWorker(t *testing.T) {

@@ -1,0 +1,288 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type poolHarness struct {
+	t    *testing.T
+	pool *Pool
+	log  *syncBuffer
+}
+
+func newPool(t *testing.T, app string, configure func(*PoolConfig)) *poolHarness {
+	t.Helper()
+	h := &poolHarness{t: t, log: &syncBuffer{}}
+	cfg := PoolConfig{
+		Worker:  Config{App: app, Logger: slog.New(slog.NewTextHandler(h.log, nil))},
+		Workers: 2,
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	var err error
+	h.pool, err = NewPool(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		pids := h.pool.Stats().Pids
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		assert.NoError(t, h.pool.Shutdown(ctx))
+		for _, pid := range pids {
+			assert.Equal(t, syscall.ESRCH, syscall.Kill(pid, 0), "worker %d outlived Shutdown", pid)
+		}
+	})
+	return h
+}
+
+func (h *poolHarness) get(path string, extra ...string) (*recorder, Result, error) {
+	rec := &recorder{}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := h.pool.Serve(ctx, &Request{Env: env(path, extra...)}, rec)
+	return rec, res, err
+}
+
+// waitLive waits until n workers are ready again.
+func (h *poolHarness) waitLive(n int) PoolStats {
+	h.t.Helper()
+	var s PoolStats
+	require.Eventually(h.t, func() bool {
+		s = h.pool.Stats()
+		return s.Live == n && len(s.Pids) == n
+	}, 20*time.Second, 10*time.Millisecond, "pool did not get back to %d workers: %+v", n, s)
+	return s
+}
+
+func TestPoolServesConcurrently(t *testing.T) {
+	h := newPool(t, probeApp(t, "validated"), nil)
+	pids := h.pool.Stats().Pids
+	require.Len(t, pids, 2)
+	var wg sync.WaitGroup
+	seen := make(chan string, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec, res, err := h.get("/pid")
+			assert.NoError(t, err)
+			assert.Equal(t, 200, res.Status)
+			seen <- rec.body.String()
+		}()
+	}
+	wg.Wait()
+	close(seen)
+	for pid := range seen {
+		n, err := strconv.Atoi(pid)
+		require.NoError(t, err)
+		assert.Contains(t, pids, n)
+	}
+}
+
+func TestPoolImportFailure(t *testing.T) {
+	_, err := NewPool(PoolConfig{Worker: Config{App: "no_such_app_module", Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))}, Workers: 2})
+	var ie *ImportError
+	require.ErrorAs(t, err, &ie)
+	assert.Contains(t, ie.Msg, "No module named 'no_such_app_module'")
+}
+
+func TestPoolReplacesKilledWorker(t *testing.T) {
+	h := newPool(t, probeApp(t, "application"), nil)
+	before := h.pool.Stats().Pids
+	rec, res, err := h.get("/kill")
+	require.ErrorIs(t, err, ErrWorkerDied)
+	assert.Equal(t, 502, res.Status)
+	assert.Equal(t, 502, rec.status)
+	require.Eventually(t, func() bool {
+		s := h.pool.Stats()
+		return s.Live == 2 && len(s.Pids) == 2 && !slices.Equal(s.Pids, before)
+	}, 20*time.Second, 10*time.Millisecond, "the killed worker is replaced")
+	_, res, err = h.get("/hello")
+	require.NoError(t, err)
+	assert.Equal(t, 200, res.Status)
+}
+
+func TestPoolIdleDeath(t *testing.T) {
+	h := newPool(t, probeApp(t, "application"), nil)
+	victim := h.pool.Stats().Pids[0]
+	require.NoError(t, syscall.Kill(victim, syscall.SIGKILL))
+	require.Eventually(t, func() bool {
+		s := h.pool.Stats()
+		return s.Live == 2 && len(s.Pids) == 2 && !slices.Contains(s.Pids, victim)
+	}, 20*time.Second, 10*time.Millisecond, "the worker that died idle is replaced")
+	for i := 0; i < 6; i++ {
+		_, res, err := h.get("/hello")
+		require.NoError(t, err, "no request fails for a worker that died idle")
+		assert.Equal(t, 200, res.Status)
+	}
+	assert.Contains(t, h.log.String(), "worker exited while idle")
+}
+
+func TestPoolTimeout(t *testing.T) {
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Timeout = 500 * time.Millisecond })
+	rec, res, err := h.get("/sleep", "QUERY_STRING", "30")
+	require.ErrorIs(t, err, ErrStopped)
+	assert.Contains(t, err.Error(), "the app ran longer than the 500ms timeout")
+	assert.Equal(t, 504, res.Status)
+	assert.Equal(t, 504, rec.status)
+	h.waitLive(2)
+	_, res, err = h.get("/hello")
+	require.NoError(t, err)
+	assert.Equal(t, 200, res.Status)
+}
+
+func TestPoolBacklog(t *testing.T) {
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers, c.Backlog = 1, 1 })
+	results := make(chan Result, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			_, res, _ := h.get("/sleep", "QUERY_STRING", "1")
+			results <- res
+		}()
+	}
+	require.Eventually(t, func() bool { return h.pool.Stats().Waiting == 1 }, 10*time.Second, time.Millisecond)
+	rec, res, err := h.get("/hello")
+	require.ErrorIs(t, err, ErrOverloaded)
+	assert.Equal(t, 503, res.Status)
+	assert.Equal(t, 503, rec.status)
+	assert.Equal(t, 200, (<-results).Status, "the queued request is served")
+	assert.Equal(t, 200, (<-results).Status)
+	assert.Contains(t, h.log.String(), "the queue is full")
+}
+
+func TestPoolMaxRequests(t *testing.T) {
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers, c.MaxRequests = 1, 3 })
+	var pids []string
+	for i := 0; i < 9; i++ {
+		rec, res, err := h.get("/pid")
+		require.NoError(t, err, "recycling never fails a request")
+		require.Equal(t, 200, res.Status)
+		pids = append(pids, rec.body.String())
+	}
+	for i := 0; i < 9; i += 3 {
+		assert.Equal(t, pids[i], pids[i+1])
+		assert.Equal(t, pids[i], pids[i+2])
+	}
+	assert.Len(t, slices.Compact(slices.Clone(pids)), 3, "a new worker after every 3 requests: %v", pids)
+}
+
+func TestPoolSysExitDoesNotFailNextRequest(t *testing.T) {
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers = 1 })
+	_, res, err := h.get("/sys-exit")
+	require.NoError(t, err)
+	assert.Equal(t, 500, res.Status)
+	_, res, err = h.get("/hello")
+	require.NoError(t, err)
+	assert.Equal(t, 200, res.Status)
+}
+
+func TestPoolReload(t *testing.T) {
+	dir := t.TempDir()
+	app := filepath.Join(dir, "reloaded.py")
+	write := func(body string) {
+		require.NoError(t, os.WriteFile(app, []byte(body), 0o644))
+	}
+	version := func(v string) string {
+		return fmt.Sprintf("def application(e, s):\n    s('200 OK', [])\n    return [b'%s']\n", v)
+	}
+	write(version("v1"))
+	h := newPool(t, app, nil)
+	old := h.pool.Stats().Pids
+
+	// Requests keep coming during the reload; none may fail.
+	stop := make(chan struct{})
+	var failures, served int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, res, err := h.get("/")
+				mu.Lock()
+				served++
+				if err != nil || res.Status != 200 {
+					failures++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	write(version("v2"))
+	require.NoError(t, h.pool.Reload())
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	assert.Zero(t, failures, "of %d requests during the reload", served)
+	rec, _, err := h.get("/")
+	require.NoError(t, err)
+	assert.Equal(t, "v2", rec.body.String(), "the new code is served")
+	for _, pid := range old {
+		assert.Eventually(t, func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH }, 10*time.Second, 10*time.Millisecond, "old worker %d retired", pid)
+	}
+
+	// A reload whose import fails keeps the running workers.
+	running := h.waitLive(2).Pids
+	write("raise RuntimeError('broken deploy')\n")
+	err = h.pool.Reload()
+	var ie *ImportError
+	require.ErrorAs(t, err, &ie)
+	assert.Contains(t, ie.Msg, "broken deploy")
+	rec, _, err = h.get("/")
+	require.NoError(t, err)
+	assert.Equal(t, "v2", rec.body.String())
+	assert.ElementsMatch(t, running, h.pool.Stats().Pids)
+}
+
+func TestPoolShutdownDrains(t *testing.T) {
+	h := newPool(t, probeApp(t, "application"), nil)
+	done := make(chan Result, 1)
+	go func() {
+		_, res, _ := h.get("/sleep", "QUERY_STRING", "0.5")
+		done <- res
+	}()
+	require.Eventually(t, func() bool { return h.pool.Stats().Idle == 1 }, 10*time.Second, time.Millisecond)
+	pids := h.pool.Stats().Pids
+	require.NoError(t, h.pool.Shutdown(context.Background()))
+	assert.Equal(t, 200, (<-done).Status, "the request in flight finishes")
+	_, res, err := h.get("/hello")
+	assert.True(t, errors.Is(err, ErrClosed))
+	assert.Equal(t, 503, res.Status)
+	for _, pid := range pids {
+		assert.Equal(t, syscall.ESRCH, syscall.Kill(pid, 0))
+	}
+}
+
+func TestPoolShutdownKillsAfterDeadline(t *testing.T) {
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers = 1 })
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := h.get("/sleep", "QUERY_STRING", "60")
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return h.pool.Stats().Idle == 0 }, 10*time.Second, time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	assert.ErrorIs(t, h.pool.Shutdown(ctx), context.DeadlineExceeded)
+	assert.ErrorIs(t, <-done, ErrWorkerDied)
+}
