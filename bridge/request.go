@@ -214,3 +214,47 @@ func splitHost(host, scheme string) (name, port string) {
 	}
 	return host, port
 }
+
+// Mount gives the app the mount point the operator chose instead of the one
+// the server sent: SCRIPT_NAME becomes prefix ("" or "/app"), and PATH_INFO
+// the request path below it. The path is the server's PATH_INFO if it sent
+// a non-empty one, else DOCUMENT_URI, else SCRIPT_NAME (nginx's stock
+// fastcgi_params send the whole path as SCRIPT_NAME and no PATH_INFO,
+// which no WSGI router can use). The prefix is stripped from the path when
+// the path starts with it at a segment boundary.
+func Mount(env []Var, prefix string) []Var {
+	prefix = strings.TrimRight(prefix, "/")
+	var pathInfo, docURI, scriptName string
+	si, pi := -1, -1
+	for i, v := range env {
+		switch v.Name {
+		case "PATH_INFO":
+			pathInfo, pi = v.Value, i
+		case "DOCUMENT_URI":
+			docURI = v.Value
+		case "SCRIPT_NAME":
+			scriptName, si = v.Value, i
+		}
+	}
+	path := pathInfo
+	if path == "" {
+		path = docURI
+	}
+	if path == "" {
+		path = scriptName
+	}
+	if rest, ok := strings.CutPrefix(path, prefix); ok && (rest == "" || rest[0] == '/') {
+		path = rest
+	}
+	if si >= 0 {
+		env[si].Value = prefix
+	} else {
+		env = append(env, Var{"SCRIPT_NAME", prefix})
+	}
+	if pi >= 0 {
+		env[pi].Value = path
+	} else {
+		env = append(env, Var{"PATH_INFO", path})
+	}
+	return env
+}

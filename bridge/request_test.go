@@ -183,3 +183,30 @@ func FuzzNormalize(f *testing.F) {
 		}
 	})
 }
+
+func TestMount(t *testing.T) {
+	tests := []struct {
+		name       string
+		in         []string
+		prefix     string
+		scriptName string
+		pathInfo   string
+	}{
+		{"stock nginx params", []string{"SCRIPT_NAME", "/blog/post/1", "DOCUMENT_URI", "/blog/post/1"}, "", "", "/blog/post/1"},
+		{"stock nginx params, mounted", []string{"SCRIPT_NAME", "/blog/post/1", "DOCUMENT_URI", "/blog/post/1"}, "/blog", "/blog", "/post/1"},
+		{"mount point itself", []string{"SCRIPT_NAME", "/blog", "DOCUMENT_URI", "/blog"}, "/blog/", "/blog", ""},
+		{"prefix is not a segment", []string{"SCRIPT_NAME", "/blogger", "DOCUMENT_URI", "/blogger"}, "/blog", "/blog", "/blogger"},
+		{"path info given", []string{"SCRIPT_NAME", "/app", "PATH_INFO", "/x/y"}, "/app", "/app", "/x/y"},
+		{"path info with the prefix", []string{"SCRIPT_NAME", "", "PATH_INFO", "/app/x"}, "/app", "/app", "/x"},
+		{"only script name", []string{"SCRIPT_NAME", "/a/b"}, "", "", "/a/b"},
+		{"nothing", nil, "/app", "/app", ""},
+		{"decoded bytes kept", []string{"SCRIPT_NAME", "/caf\xc3\xa9", "DOCUMENT_URI", "/caf\xc3\xa9"}, "", "", "/caf\xc3\xa9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := asMap(Mount(vars(tt.in...), tt.prefix))
+			assert.Equal(t, tt.scriptName, m["SCRIPT_NAME"])
+			assert.Equal(t, tt.pathInfo, m["PATH_INFO"])
+		})
+	}
+}

@@ -231,7 +231,8 @@ func (w *Worker) Ready(ctx context.Context) error {
 	return fmt.Errorf("bridge: %w: frame %q before ready", errProtocol, h.kind)
 }
 
-// Serve runs one request on the worker and writes the response to rw. A
+// Serve runs one request on the worker and writes the response to rw; what
+// rw holds unflushed when Serve returns is the caller's to send. A
 // request the bridge refuses gets its error response and a *StatusError.
 // If the worker dies or ctx ends, the client gets a 502 or a 504 when
 // nothing was sent yet; the worker is then gone and Serve returns an error
@@ -345,12 +346,11 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			}
 			w.log.Log(ctx, level, string(msg))
 		case frameFinished:
+			// No flush here: the front ends the response, so what is
+			// left goes out with its end (one write for a small one).
 			res.AppError = h.flags&finishedAppError != 0
 			if h.flags&finishedExiting != 0 {
 				w.unusable.Store(true)
-			}
-			if clientErr == nil {
-				clientErr = rw.Flush()
 			}
 			if clientErr != nil {
 				return res, fmt.Errorf("bridge: write response: %w", clientErr)

@@ -126,6 +126,9 @@ func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, s
 		breq.Body = req.Body
 	}
 	res, err := w.Serve(ctx, breq, rw)
+	if ferr := rw.Flush(); ferr != nil && err == nil {
+		err = fmt.Errorf("write response: %w", ferr)
+	}
 	// The response is complete: let the web server finish it while the
 	// worker exits (Python's shutdown takes milliseconds with a big app).
 	if c, ok := stdout.(io.Closer); ok && !errors.As(err, new(*bridge.ImportError)) {

@@ -1,8 +1,10 @@
 // Command wsgibridge runs a Python WSGI application (PEP 3333) for a web
-// server that speaks CGI.
+// server that speaks CGI or FastCGI, or for a browser.
 //
-//	wsgibridge cgi [flags] APP     one request, as a CGI program
-//	wsgibridge SCRIPT              the same, with settings read from SCRIPT
+//	wsgibridge cgi [flags] APP      one request, as a CGI program
+//	wsgibridge SCRIPT               the same, with settings read from SCRIPT
+//	wsgibridge fastcgi [flags] APP  a FastCGI daemon with a pool of workers
+//	wsgibridge http [flags] APP     plain HTTP with a pool of workers
 //
 // Exit codes: 0 a response was served (whatever its HTTP status), 1 the
 // response was cut short or could not be written, 2 usage error, 3 the app
@@ -27,12 +29,15 @@ const (
 )
 
 const usage = `usage:
-  wsgibridge cgi [flags] APP     serve one CGI request (run by the web server)
-  wsgibridge SCRIPT              the same, with settings from a script file
-                                 whose first line is #!/path/to/wsgibridge
+  wsgibridge cgi [flags] APP      serve one CGI request (run by the web server)
+  wsgibridge SCRIPT               the same, with settings from a script file
+                                  whose first line is #!/path/to/wsgibridge
+  wsgibridge fastcgi [flags] APP  serve FastCGI (nginx, Apache mod_proxy_fcgi)
+  wsgibridge http [flags] APP     serve plain HTTP (development)
 
 APP is MODULE[:CALLABLE] or path/to/file.py[:CALLABLE]; CALLABLE defaults
-to "application". Run "wsgibridge cgi -h" for the flags.
+to "application"; fastcgi and http also take a script file. Run
+"wsgibridge MODE -h" for the flags of a mode.
 `
 
 func main() {
@@ -51,6 +56,10 @@ func run(args, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.F
 	switch args[0] {
 	case "cgi":
 		return runCGIFlags(args[1:], environ, stdin, stdout, stderr)
+	case "fastcgi":
+		return runFastCGI(args[1:], stderr)
+	case "http":
+		return runHTTP(args[1:], stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

@@ -1,0 +1,167 @@
+package main
+
+// This file holds what the long-running modes (fastcgi, http) share: the
+// pool flags, the gateway from a front to the pool, and the signal loop.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/wsgibridge/wsgibridge/bridge"
+)
+
+// daemonFlags are the flags of the modes that keep a pool of workers.
+type daemonFlags struct {
+	s             settings
+	workers       int
+	backlog       int
+	timeout       time.Duration
+	importTimeout time.Duration
+	graceful      time.Duration
+	maxRequests   int
+	jitter        int
+	mount         string
+	accessLog     bool
+	logLevel      string
+}
+
+func (d *daemonFlags) register(fs *flag.FlagSet) {
+	appFlags(fs, &d.s)
+	fs.IntVar(&d.workers, "workers", 2, "number of Python worker processes")
+	fs.IntVar(&d.backlog, "backlog", 64, "requests that may wait for a busy pool; more are refused with 503")
+	fs.DurationVar(&d.timeout, "timeout", 60*time.Second, "longest a request may run in the app (then its worker is killed and the client gets 504); 0: no limit")
+	fs.DurationVar(&d.importTimeout, "import-timeout", 60*time.Second, "longest a worker may take to start and import the app")
+	fs.DurationVar(&d.graceful, "graceful-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
+	fs.IntVar(&d.maxRequests, "max-requests", 0, "recycle a worker after this many requests; 0: never")
+	fs.IntVar(&d.jitter, "max-requests-jitter", 0, "add 0..N at random to --max-requests per worker, so they do not all restart at once")
+	fs.StringVar(&d.mount, "mount", "", "the app's mount point (SCRIPT_NAME), e.g. /blog; PATH_INFO is the request path below it")
+	fs.BoolVar(&d.accessLog, "access-log", false, "log one line per request (status, duration); failed requests are always logged")
+	fs.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// setup parses the flags and the app argument (an app or a script file)
+// and returns the logger; code is non-zero when the mode must exit.
+func (d *daemonFlags) setup(fs *flag.FlagSet, args []string, stderr io.Writer) (log *slog.Logger, code int) {
+	if err := fs.Parse(args); err != nil {
+		return nil, exitUsage
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return nil, exitUsage
+	}
+	lvl, err := parseLevel(d.logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: --log-level: %v\n", fs.Name(), err)
+		return nil, exitUsage
+	}
+	if err := checkEnv(d.s.env); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+		return nil, exitUsage
+	}
+	if d.workers < 1 || d.backlog < 0 {
+		fmt.Fprintf(stderr, "%s: --workers must be 1 or more and --backlog 0 or more\n", fs.Name())
+		return nil, exitUsage
+	}
+	d.s.app = fs.Arg(0)
+	if isScript(d.s.app) {
+		if d.s, err = readScript(d.s.app); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+			return nil, exitUsage
+		}
+	}
+	return newLogger(stderr, lvl, true), exitOK
+}
+
+// startPool starts the workers; an app that does not import stops the
+// daemon here, with exit code 3, instead of being restarted forever.
+func (d *daemonFlags) startPool(log *slog.Logger) (*bridge.Pool, int) {
+	cacheDir, err := bridge.PrivateDir()
+	if err != nil {
+		log.Debug("worker code is not cached", "err", err)
+	}
+	env := d.s.env
+	if len(env) > 0 {
+		env = append(os.Environ(), env...)
+	}
+	pool, err := bridge.NewPool(bridge.PoolConfig{
+		Worker: bridge.Config{
+			App: d.s.app, Python: d.s.python, Dir: d.s.chdir, PythonPath: d.s.pythonpath,
+			Env: env, Logger: log, CacheDir: cacheDir,
+		},
+		Workers:           d.workers,
+		Backlog:           d.backlog,
+		Timeout:           d.timeout,
+		ImportTimeout:     d.importTimeout,
+		MaxRequests:       d.maxRequests,
+		MaxRequestsJitter: d.jitter,
+	})
+	var ie *bridge.ImportError
+	switch {
+	case errors.As(err, &ie):
+		log.Error(ie.Msg)
+		return nil, exitAppError
+	case err != nil:
+		log.Error("workers could not be started", "app", d.s.app, "err", err)
+		return nil, exitAppError
+	}
+	return pool, exitOK
+}
+
+// run serves until a signal: SIGTERM or SIGINT drain and stop (a second
+// one stops at once), SIGHUP reloads the app. serveErr reports the front
+// stopping by itself; shutdown stops the front gracefully.
+func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, serveErr <-chan error, shutdown func(context.Context) error) int {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case err := <-serveErr:
+			log.Error("the server stopped", "err", err)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = pool.Shutdown(ctx)
+			cancel()
+			return exitFailed
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				log.Info("reloading: starting fresh workers", "signal", sig.String())
+				go func() {
+					if err := pool.Reload(); err != nil {
+						log.Error("reload failed; the running workers stay", "err", err)
+						return
+					}
+					log.Info("reloaded", "pids", pool.Stats().Pids)
+				}()
+				continue
+			}
+			log.Info("stopping: finishing the requests in progress", "signal", sig.String(), "grace", d.graceful)
+			ctx, cancel := context.WithTimeout(context.Background(), d.graceful)
+			go func() {
+				for s := range sigs {
+					if s != syscall.SIGHUP {
+						log.Warn("second signal: stopping now", "signal", s.String())
+						cancel()
+						return
+					}
+				}
+			}()
+			ferr := shutdown(ctx)
+			perr := pool.Shutdown(ctx)
+			cancel()
+			if ferr != nil || perr != nil {
+				log.Warn("stopped before the requests in progress finished", "err", errors.Join(ferr, perr))
+			} else {
+				log.Info("stopped")
+			}
+			return exitOK
+		}
+	}
+}

@@ -1,0 +1,147 @@
+package main
+
+// This file holds the gateway from the fronts (FastCGI, HTTP) to the pool.
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wsgibridge/wsgibridge/bridge"
+	"github.com/wsgibridge/wsgibridge/fastcgi"
+)
+
+// gateway serves requests from a front on the pool.
+type gateway struct {
+	pool      *bridge.Pool
+	mount     string
+	log       *slog.Logger
+	accessLog bool
+}
+
+var (
+	_ fastcgi.Handler = (*gateway)(nil)
+	_ http.Handler    = (*gateway)(nil)
+)
+
+// serve runs one request and logs it; it reports whether the response was
+// cut short, which the front must make visible to the client.
+func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, rw bridge.ResponseWriter) (cutShort bool) {
+	start := time.Now()
+	env = bridge.Mount(env, g.mount)
+	res, err := g.pool.Serve(ctx, &bridge.Request{Env: env, Body: body, BodyToEOF: true}, rw)
+	if err != nil || g.accessLog {
+		var method, uri string
+		for _, v := range env {
+			switch v.Name {
+			case "REQUEST_METHOD":
+				method = v.Value
+			case "REQUEST_URI":
+				uri = v.Value
+			}
+		}
+		attrs := []any{"method", method, "uri", uri, "status", res.Status, "bytes", res.BodyBytes,
+			"duration", time.Since(start).Round(time.Microsecond)}
+		if err != nil {
+			g.log.Error("request failed", append(attrs, "err", err)...)
+		} else {
+			g.log.Info("request", attrs...)
+		}
+	}
+	return res.CutShort
+}
+
+// ServeFastCGI serves a request from the FastCGI front.
+func (g *gateway) ServeFastCGI(ctx context.Context, w *fastcgi.ResponseWriter, r *fastcgi.Request) {
+	env := make([]bridge.Var, len(r.Params), len(r.Params)+2)
+	for i, p := range r.Params {
+		env[i] = bridge.Var(p)
+	}
+	if g.serve(ctx, env, r.Body, fcgiWriter{w}) {
+		w.Abort()
+	}
+}
+
+// fcgiWriter passes a CGI response to FCGI_STDOUT as it is.
+type fcgiWriter struct{ w *fastcgi.ResponseWriter }
+
+func (f fcgiWriter) WriteHeader(_ int, block []byte) error {
+	_, err := f.w.Write(block)
+	return err
+}
+func (f fcgiWriter) Write(p []byte) (int, error) { return f.w.Write(p) }
+func (f fcgiWriter) Flush() error                { return f.w.Flush() }
+
+// ServeHTTP serves a request from the HTTP front: the request becomes a
+// CGI environ as a web server would make it (RFC 3875).
+func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if g.serve(r.Context(), httpEnv(r), r.Body, &httpWriter{w: w}) {
+		// Makes net/http close the connection: a truncated response
+		// instead of one that looks complete.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func httpEnv(r *http.Request) []bridge.Var {
+	host, port, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		host, port = r.Host, "80"
+	}
+	raddr, rport, _ := net.SplitHostPort(r.RemoteAddr)
+	env := []bridge.Var{
+		{Name: "GATEWAY_INTERFACE", Value: "CGI/1.1"},
+		{Name: "SERVER_SOFTWARE", Value: "wsgibridge"},
+		{Name: "REQUEST_METHOD", Value: r.Method},
+		{Name: "REQUEST_URI", Value: r.RequestURI},
+		{Name: "SERVER_PROTOCOL", Value: r.Proto},
+		{Name: "SERVER_NAME", Value: host},
+		{Name: "SERVER_PORT", Value: port},
+		{Name: "REMOTE_ADDR", Value: raddr},
+		{Name: "REMOTE_PORT", Value: rport},
+		{Name: "SCRIPT_NAME", Value: ""},
+		{Name: "PATH_INFO", Value: r.URL.Path},
+		{Name: "QUERY_STRING", Value: r.URL.RawQuery},
+		{Name: "HTTP_HOST", Value: r.Host},
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		env = append(env, bridge.Var{Name: "CONTENT_TYPE", Value: ct})
+	}
+	if r.ContentLength > 0 || (r.ContentLength == 0 && r.Header.Get("Content-Length") != "") {
+		env = append(env, bridge.Var{Name: "CONTENT_LENGTH", Value: strconv.FormatInt(r.ContentLength, 10)})
+	}
+	for name, values := range r.Header {
+		key := "HTTP_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+		sep := ", "
+		if key == "HTTP_COOKIE" {
+			sep = "; "
+		}
+		env = append(env, bridge.Var{Name: key, Value: strings.Join(values, sep)})
+	}
+	return env
+}
+
+// httpWriter turns a CGI response into an HTTP one.
+type httpWriter struct{ w http.ResponseWriter }
+
+func (h *httpWriter) WriteHeader(status int, block []byte) error {
+	hdr := h.w.Header()
+	lines := bytes.Split(bytes.TrimSuffix(block, []byte("\r\n\r\n")), []byte("\r\n"))
+	for _, line := range lines[1:] { // lines[0] is the Status line
+		name, value, ok := bytes.Cut(line, []byte(": "))
+		if ok {
+			hdr.Add(string(name), string(value))
+		}
+	}
+	h.w.WriteHeader(status)
+	return nil
+}
+
+func (h *httpWriter) Write(p []byte) (int, error) { return h.w.Write(p) }
+
+func (h *httpWriter) Flush() error { return http.NewResponseController(h.w).Flush() }

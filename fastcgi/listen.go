@@ -1,0 +1,102 @@
+package fastcgi
+
+// This file opens the listening socket: one we bind, or one our parent
+// bound and handed to us.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Listen opens a listening socket for addr: "HOST:PORT", "[::1]:PORT" or
+// "unix:PATH". A unix socket file gets mode; a stale one (a socket file
+// nothing listens on) is removed first, while a live one, or a path that is
+// not a socket, is an error.
+func Listen(addr string, mode os.FileMode) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("fastcgi: listen on %s: %w", addr, err)
+		}
+		return l, nil
+	}
+	if err := removeStale(path); err != nil {
+		return nil, err
+	}
+	// Created with no permissions for others, then opened up to mode, so
+	// there is no moment where the socket is wider than asked.
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("fastcgi: listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("fastcgi: socket mode of %s: %w", path, err)
+	}
+	return l, nil
+}
+
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fastcgi: %w", err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("fastcgi: %s exists and is not a socket; not removing it", path)
+	}
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("fastcgi: something already listens on %s (another wsgibridge?)", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("fastcgi: remove stale socket %s: %w", path, err)
+	}
+	return nil
+}
+
+// Inherited returns a listening socket our parent handed us: the first of
+// systemd's (LISTEN_FDS and LISTEN_PID, starting at fd 3), else fd 0 when
+// it is a listening socket (FCGI_LISTENSOCK_FILENO, the way mod_fcgid and
+// spawn-fcgi start a FastCGI program). It returns nil and no error when
+// there is none.
+func Inherited() (net.Listener, error) {
+	if pid, err := strconv.Atoi(os.Getenv("LISTEN_PID")); err == nil && pid == os.Getpid() {
+		if n, err := strconv.Atoi(os.Getenv("LISTEN_FDS")); err == nil && n >= 1 {
+			return fileListener(3, "systemd socket")
+		}
+	}
+	if v, err := syscall.GetsockoptInt(0, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err == nil && v == 1 {
+		return fileListener(0, "FCGI_LISTENSOCK_FILENO")
+	}
+	return nil, nil
+}
+
+func fileListener(fd int, name string) (net.Listener, error) {
+	f := os.NewFile(uintptr(fd), name)
+	l, err := net.FileListener(f)
+	f.Close() // FileListener holds its own copy of the socket
+	if err != nil {
+		return nil, fmt.Errorf("fastcgi: inherited %s (fd %d): %w", name, fd, err)
+	}
+	if fd == 0 {
+		// The socket now has its own fd: give fd 0 back as /dev/null so a
+		// child never takes the listener for its stdin.
+		if devnull, err := os.Open(os.DevNull); err == nil {
+			_ = syscall.Dup2(int(devnull.Fd()), 0)
+			devnull.Close()
+		}
+	}
+	return l, nil
+}
