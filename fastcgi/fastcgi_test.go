@@ -569,3 +569,29 @@ func TestGofastClient(t *testing.T) {
 		cl.Close()
 	}
 }
+
+// TestOutputWaitsForStdin: a handler that answers before reading the body
+// gets its output held until the body has ended, as nginx stops sending a
+// body once the response has begun.
+func TestOutputWaitsForStdin(t *testing.T) {
+	h := HandlerFunc(func(ctx context.Context, w *ResponseWriter, r *Request) {
+		fmt.Fprint(w, "Status: 200 OK\r\n\r\n")
+		_, _ = w.Write(bytes.Repeat([]byte("x"), 100<<10)) // over 64 KiB: a flush
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "|read %d", len(b))
+	})
+	ts := startServer(t, h, nil)
+	c := ts.dial(t)
+	c.send(beginRecord(1, roleResponder, 0))
+	c.send(paramsRecords(1, "REQUEST_METHOD", "POST"))
+	c.send(appendRecord(nil, typeStdin, 1, []byte("first part ")))
+	require.NoError(t, c.nc.SetReadDeadline(time.Now().Add(300*time.Millisecond)))
+	_, err := c.nc.Read(make([]byte, 1))
+	var ne net.Error
+	require.ErrorAs(t, err, &ne, "no output before the body ends")
+	require.True(t, ne.Timeout())
+	require.NoError(t, c.nc.SetReadDeadline(time.Now().Add(20*time.Second)))
+	c.send(stdinRecords(1, "second part"))
+	r := c.read(1)
+	assert.True(t, strings.HasSuffix(r.stdout[1], "|read 22"), r.stdout[1][len(r.stdout[1])-20:])
+}

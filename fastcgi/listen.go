@@ -77,10 +77,18 @@ func Inherited() (net.Listener, error) {
 			return fileListener(3, "systemd socket")
 		}
 	}
-	if v, err := syscall.GetsockoptInt(0, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err == nil && v == 1 {
+	if ListeningOnStdin() {
 		return fileListener(0, "FCGI_LISTENSOCK_FILENO")
 	}
 	return nil, nil
+}
+
+// ListeningOnStdin reports whether fd 0 is a listening socket: how a web
+// server that spawns FastCGI programs (mod_fcgid, spawn-fcgi, cgi-fcgi
+// -start) hands one its socket.
+func ListeningOnStdin() bool {
+	v, err := syscall.GetsockoptInt(0, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
+	return err == nil && v == 1
 }
 
 func fileListener(fd int, name string) (net.Listener, error) {

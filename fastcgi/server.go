@@ -513,7 +513,7 @@ func (c *conn) start(r *request) error {
 
 func (c *conn) run(r *request, req *Request) {
 	defer c.wg.Done()
-	w := &ResponseWriter{c: c, id: r.id}
+	w := &ResponseWriter{c: c, id: r.id, ctx: r.ctx, stdinDone: r.body.Done()}
 	func() {
 		defer func() {
 			if p := recover(); p != nil {
@@ -589,11 +589,20 @@ func (c *conn) write(b []byte) error {
 // ResponseWriter writes a response as FCGI_STDOUT records. Output is held
 // until Flush, 64 KiB of it, or the end of the request, so a small response
 // leaves in one write with its END_REQUEST.
+//
+// Output also waits for the end of the request's STDIN: nginx stops sending
+// a request body once the response has begun (observed with nginx 1.22), so
+// an app that answers while it reads (an echo, an upload with progress)
+// would wait forever for the rest. The body keeps arriving meanwhile (the
+// connection's reader spools it), so the wait ends as soon as the web
+// server has sent it all.
 type ResponseWriter struct {
-	c       *conn
-	id      uint16
-	out     []byte
-	aborted bool
+	c         *conn
+	id        uint16
+	ctx       context.Context
+	stdinDone <-chan struct{}
+	out       []byte
+	aborted   bool
 }
 
 // Write writes response bytes: the CGI header block first, then the body.
@@ -608,10 +617,15 @@ func (w *ResponseWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Flush sends the output held so far.
+// Flush sends the output held so far, once the request's STDIN has ended.
 func (w *ResponseWriter) Flush() error {
 	if len(w.out) == 0 {
 		return nil
+	}
+	select {
+	case <-w.stdinDone:
+	case <-w.ctx.Done():
+		return context.Cause(w.ctx)
 	}
 	err := w.c.write(w.out)
 	w.out = w.out[:0]

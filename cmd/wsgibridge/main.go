@@ -19,6 +19,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/wsgibridge/wsgibridge/fastcgi"
 )
 
 const (
@@ -51,6 +53,11 @@ func run(args, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.F
 		return exitUsage
 	}
 	if isScript(args[0]) {
+		// mod_fcgid and cgi-fcgi -start run a FastCGI program with its
+		// listening socket on fd 0; a CGI server gives a pipe or nothing.
+		if fastcgi.ListeningOnStdin() {
+			return runFastCGI(args, stderr)
+		}
 		return runScript(args[0], environ, stdin, stdout, stderr)
 	}
 	switch args[0] {

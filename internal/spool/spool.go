@@ -28,13 +28,14 @@ type Spool struct {
 	wOff     int64    // bytes written to file
 	rOff     int64    // bytes read from file
 	err      error    // why the data ended (io.EOF when it ended well)
+	ended    chan struct{}
 	closed   bool
 }
 
 // New returns an empty spool that holds up to memLimit unread bytes in
 // memory and the rest in a temporary file in dir (os.TempDir() if empty).
 func New(memLimit int, dir string) *Spool {
-	s := &Spool{memLimit: memLimit, dir: dir}
+	s := &Spool{memLimit: memLimit, dir: dir, ended: make(chan struct{})}
 	s.cond = sync.NewCond(&s.mu)
 	return s
 }
@@ -103,9 +104,13 @@ func (s *Spool) CloseWrite(err error) {
 	defer s.mu.Unlock()
 	if s.err == nil {
 		s.err = err
+		close(s.ended)
 	}
 	s.cond.Broadcast()
 }
+
+// Done is closed when the data has ended (CloseWrite).
+func (s *Spool) Done() <-chan struct{} { return s.ended }
 
 // Ended reports whether the data has ended, and how.
 func (s *Spool) Ended() (bool, error) {

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// daemon is a wsgibridge fastcgi or http process started by a test.
+type daemon struct {
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	exited chan struct{}
+	err    error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startDaemon runs wsgibridge with args until it logs that it serves, and
+// stops it by PID (SIGTERM, then SIGKILL) when the test ends.
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{cmd: exec.Command(binary, args...), log: &syncBuffer{}, exited: make(chan struct{})}
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	require.NoError(t, d.cmd.Start())
+	go func() {
+		d.err = d.cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		d.stop(t, syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("wsgibridge %v log:\n%s", args, d.log.String())
+		}
+	})
+	deadline := time.After(30 * time.Second)
+	for !strings.Contains(d.log.String(), "msg=\"serving ") {
+		select {
+		case <-d.exited:
+			t.Fatalf("wsgibridge %v exited at start (%v):\n%s", args, d.err, d.log.String())
+		case <-deadline:
+			t.Fatalf("wsgibridge %v did not start:\n%s", args, d.log.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return d
+}
+
+// stop signals the daemon and waits for it to exit (killing it after 30 s).
+func (d *daemon) stop(t *testing.T, sig syscall.Signal) {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Signal(sig)
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+		t.Errorf("wsgibridge did not exit after %v", sig)
+	}
+}
+
+// workerPids returns the pids of the daemon's Python workers.
+func (d *daemon) workerPids(t *testing.T) []int {
+	return children(t, d.cmd.Process.Pid)
+}
+
+// nginx is an nginx started by a test with testdata/nginx/fastcgi.conf.
+type nginx struct {
+	dir          string
+	base1, base2 string
+	cmd          *exec.Cmd
+}
+
+func startNginx(t *testing.T, upstreams map[string]string) *nginx {
+	t.Helper()
+	bin := need(t, "nginx", "/usr/sbin/nginx")
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tmp"), 0o755))
+	tmpl, err := os.ReadFile("../../testdata/nginx/fastcgi.conf")
+	require.NoError(t, err)
+	p1, p2 := freePort(t), freePort(t)
+	user := ""
+	if os.Geteuid() == 0 {
+		// The workers must reach the test's sockets in its temp folder.
+		user = "user root;"
+	}
+	pairs := []string{"@DIR@", dir, "@PORT1@", fmt.Sprint(p1), "@PORT2@", fmt.Sprint(p2), "@USER@", user}
+	for k, v := range upstreams {
+		pairs = append(pairs, "@"+k+"@", v)
+	}
+	conf := filepath.Join(dir, "nginx.conf")
+	require.NoError(t, os.WriteFile(conf, []byte(strings.NewReplacer(pairs...).Replace(string(tmpl))), 0o644))
+	n := &nginx{dir: dir, base1: fmt.Sprintf("http://127.0.0.1:%d", p1), base2: fmt.Sprintf("http://127.0.0.1:%d", p2)}
+	n.cmd = exec.Command(bin, "-c", conf, "-p", dir, "-g", "daemon off;")
+	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
+	require.NoError(t, n.cmd.Start())
+	exited := make(chan struct{})
+	go func() {
+		_ = n.cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = n.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = n.cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("nginx error.log:\n%s", b)
+		}
+	})
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p2))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 15*time.Second, 20*time.Millisecond, "nginx did not listen")
+	return n
+}
+
+func httpDo(t *testing.T, method, url string, body io.Reader, header ...string) (*http.Response, string, error) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	require.NoError(t, err)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp, string(b), err
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, body, err := httpDo(t, "GET", url, nil)
+	require.NoError(t, err)
+	return resp.StatusCode, body
+}
+
+func TestNginxFastCGI(t *testing.T) {
+	python := needPythonModules(t, "flask", "django")
+	apps := appsDir(t)
+	dir := t.TempDir()
+	probeSock := filepath.Join(dir, "probe.sock")
+	flaskSock := filepath.Join(dir, "flask.sock")
+	djangoAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	stockAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startDaemon(t, "fastcgi", "--bind", "unix:"+probeSock, "--chdir", apps, "--python", python, "probe:validated")
+	startDaemon(t, "fastcgi", "--bind", "unix:"+flaskSock, "--mount", "/flask", "--chdir", apps, "--python", python, "flaskapp:validated")
+	startDaemon(t, "fastcgi", "--bind", djangoAddr, "--mount", "/django", "--chdir", apps, "--python", python, "djangoapp:validated")
+	startDaemon(t, "fastcgi", "--bind", stockAddr, "--mount", "/stock", "--chdir", apps, "--python", python, "probe:application")
+	n := startNginx(t, map[string]string{"PROBE": "unix:" + probeSock, "FLASK": "unix:" + flaskSock, "DJANGO": djangoAddr, "STOCK": stockAddr})
+
+	t.Run("hello, recommended block over a unix socket", func(t *testing.T) {
+		status, body := get(t, n.base1+"/hello")
+		assert.Equal(t, 200, status)
+		assert.Equal(t, "Hello, world!", body)
+	})
+	t.Run("hello, stock fastcgi_params over TCP with --mount", func(t *testing.T) {
+		status, body := get(t, n.base2+"/stock/hello")
+		assert.Equal(t, 200, status)
+		assert.Equal(t, "Hello, world!", body)
+		_, body = get(t, n.base2+"/stock/environ")
+		assert.Contains(t, body, "SCRIPT_NAME=/stock\n")
+		assert.Contains(t, body, "PATH_INFO=/environ\n")
+	})
+	t.Run("flask", func(t *testing.T) {
+		status, body := get(t, n.base1+"/flask/")
+		assert.Equal(t, 200, status)
+		assert.Equal(t, "Hello from Flask", body)
+		_, body = get(t, n.base1+"/flask/user/ana")
+		assert.Equal(t, "user ana, script /flask", body)
+	})
+	t.Run("django", func(t *testing.T) {
+		status, body := get(t, n.base1+"/django/")
+		assert.Equal(t, 200, status)
+		assert.Equal(t, "Hello from Django at /django/", body)
+		_, body = get(t, n.base1+"/django/page/3")
+		assert.Equal(t, "Page 3 at /django/page/3", body)
+		resp, body, err := httpDo(t, "POST", n.base1+"/django/echo", strings.NewReader("django body"))
+		require.NoError(t, err)
+		assert.Equal(t, 200, resp.StatusCode)
+		assert.Equal(t, "django body", body)
+	})
+	t.Run("10 MiB POST echoed", func(t *testing.T) {
+		payload := make([]byte, 10<<20)
+		_, err := rand.Read(payload)
+		require.NoError(t, err)
+		for _, url := range []string{n.base1 + "/echo", n.base2 + "/stock/echo", n.base1 + "/flask/echo"} {
+			resp, body, err := httpDo(t, "POST", url, bytes.NewReader(payload))
+			require.NoError(t, err, url)
+			assert.Equal(t, 200, resp.StatusCode, url)
+			assert.Equal(t, sha256.Sum256(payload), sha256.Sum256([]byte(body)), url)
+		}
+	})
+	t.Run("streamed response with fastcgi_buffering off", func(t *testing.T) {
+		gate := filepath.Join(t.TempDir(), "gate")
+		resp, err := http.Get(n.base2 + "/stream?" + gate)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		first := make(chan string, 1)
+		br := bufio.NewReader(resp.Body)
+		go func() {
+			line, _ := br.ReadString('\n')
+			first <- line
+		}()
+		select {
+		case line := <-first:
+			assert.Equal(t, "first chunk\n", line)
+		case <-time.After(15 * time.Second):
+			t.Fatal("first chunk did not arrive before the generator finished")
+		}
+		require.NoError(t, os.WriteFile(gate, nil, 0o644))
+		rest, err := io.ReadAll(br)
+		require.NoError(t, err)
+		assert.Equal(t, "second chunk\n", string(rest))
+	})
+	t.Run("PATH_INFO is latin-1 decoded bytes", func(t *testing.T) {
+		_, body := get(t, n.base1+"/echo-path/caf%C3%A9")
+		assert.Equal(t, `'/echo-path/caf\xc3\xa9'`, body)
+	})
+	t.Run("a response cut short is visible with fastcgi_keep_conn on", func(t *testing.T) {
+		resp, body, err := httpDo(t, "GET", n.base1+"/raise-after", nil)
+		assert.Equal(t, 200, resp.StatusCode)
+		assert.Equal(t, "partial ", body)
+		assert.ErrorIs(t, err, io.ErrUnexpectedEOF, "the client must see a truncated response")
+	})
+	t.Run("errors and bad types give 500", func(t *testing.T) {
+		for _, path := range []string{"/raise-before", "/str-body", "/crlf-header"} {
+			status, _ := get(t, n.base2+"/stock"+path)
+			assert.Equal(t, 500, status, path)
+		}
+		status, body := get(t, n.base2+"/stock/hello")
+		assert.Equal(t, 200, status)
+		assert.Equal(t, "Hello, world!", body)
+	})
+	t.Run("httpoxy", func(t *testing.T) {
+		_, body, err := httpDo(t, "GET", n.base1+"/environ", nil, "Proxy", "http://evil.example:3128")
+		require.NoError(t, err)
+		assert.NotContains(t, body, "HTTP_PROXY")
+		_, body, err = httpDo(t, "GET", n.base1+"/os-environ", nil, "Proxy", "http://evil.example:3128")
+		require.NoError(t, err)
+		assert.NotContains(t, body, "HTTP_PROXY")
+		assert.NotContains(t, body, "REQUEST_METHOD")
+	})
+}
+
+func TestHTTPMode(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startDaemon(t, "http", "--bind", addr, "--mount", "/app", "--chdir", appsDir(t), "probe:validated")
+	status, body := get(t, "http://"+addr+"/app/hello")
+	assert.Equal(t, 200, status)
+	assert.Equal(t, "Hello, world!", body)
+	_, body = get(t, "http://"+addr+"/app/echo-path/caf%C3%A9")
+	assert.Equal(t, `'/echo-path/caf\xc3\xa9'`, body)
+	resp, body, err := httpDo(t, "POST", "http://"+addr+"/app/echo", strings.NewReader("posted"))
+	require.NoError(t, err)
+	assert.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, "posted", body)
+	_, body, err = httpDo(t, "GET", "http://"+addr+"/app/raise-after", nil)
+	assert.Equal(t, "partial ", body)
+	assert.ErrorIs(t, err, io.ErrUnexpectedEOF)
+}
