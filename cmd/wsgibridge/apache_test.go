@@ -75,40 +75,56 @@ func worldReadableDir(t *testing.T) string {
 	return dir
 }
 
-// startApache starts Apache serving the scripts (name -> script body
-// after the #! line) from dir/cgi-bin, and stops it by PID when the test
-// ends.
+// startApache starts Apache with testdata/apache/cgi.conf, serving the
+// scripts (name -> script body after the #! line) from its cgi-bin.
 func startApache(t *testing.T, scripts map[string]string) *apache {
+	t.Helper()
+	return startApacheConf(t, "cgi.conf", nil, func(dir string) {
+		for _, sub := range []string{"cgi-bin", "apps", "gates"} {
+			require.NoError(t, os.Mkdir(filepath.Join(dir, sub), 0o755))
+		}
+		// Apache's user may not reach the checkout: the apps are copied.
+		srcApps := appsDir(t)
+		entries, err := os.ReadDir(srcApps)
+		require.NoError(t, err)
+		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), ".py") {
+				b, err := os.ReadFile(filepath.Join(srcApps, e.Name()))
+				require.NoError(t, err)
+				require.NoError(t, os.WriteFile(filepath.Join(dir, "apps", e.Name()), b, 0o644))
+			}
+		}
+		for name, body := range scripts {
+			text := "#!" + binary + "\n" + strings.ReplaceAll(body, "@DIR@", dir)
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "cgi-bin", name+".wsgi"), []byte(text), 0o755))
+		}
+	})
+}
+
+// startApacheConf starts Apache with the template testdata/apache/NAME,
+// its words in at-signs filled from vars and the usual DIR, PORT, MODULES
+// and USER; prepare fills the folder first. Apache is stopped by PID when
+// the test ends.
+func startApacheConf(t *testing.T, name string, vars map[string]string, prepare func(dir string)) *apache {
 	t.Helper()
 	httpd := need(t, "apache2", "/usr/sbin/apache2")
 	dir := worldReadableDir(t)
-	for _, sub := range []string{"cgi-bin", "htdocs", "apps", "gates"} {
-		require.NoError(t, os.Mkdir(filepath.Join(dir, sub), 0o755))
+	require.NoError(t, os.Mkdir(filepath.Join(dir, "htdocs"), 0o755))
+	if prepare != nil {
+		prepare(dir)
 	}
-	// Apache's user may not reach the checkout: the apps are copied.
-	srcApps := appsDir(t)
-	entries, err := os.ReadDir(srcApps)
-	require.NoError(t, err)
-	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".py") {
-			b, err := os.ReadFile(filepath.Join(srcApps, e.Name()))
-			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(filepath.Join(dir, "apps", e.Name()), b, 0o644))
-		}
-	}
-	for name, body := range scripts {
-		text := "#!" + binary + "\n" + strings.ReplaceAll(body, "@DIR@", dir)
-		require.NoError(t, os.WriteFile(filepath.Join(dir, "cgi-bin", name+".wsgi"), []byte(text), 0o755))
-	}
-	tmpl, err := os.ReadFile("../../testdata/apache/cgi.conf")
+	tmpl, err := os.ReadFile("../../testdata/apache/" + name)
 	require.NoError(t, err)
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "User www-data\nGroup www-data"
 	}
 	port := freePort(t)
-	conf := strings.NewReplacer("@DIR@", dir, "@PORT@", fmt.Sprint(port),
-		"@MODULES@", "/usr/lib/apache2/modules", "@USER@", user).Replace(string(tmpl))
+	pairs := []string{"@DIR@", dir, "@PORT@", fmt.Sprint(port), "@MODULES@", "/usr/lib/apache2/modules", "@USER@", user}
+	for k, v := range vars {
+		pairs = append(pairs, "@"+k+"@", v)
+	}
+	conf := strings.NewReplacer(pairs...).Replace(string(tmpl))
 	confPath := filepath.Join(dir, "httpd.conf")
 	require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o644))
 

@@ -242,6 +242,11 @@ def sleep(environ, start_response):
     return ok(start_response, b"slept")
 
 
+def loop(environ, start_response):
+    while True:
+        pass
+
+
 def pid(environ, start_response):
     return ok(start_response, str(os.getpid()).encode())
 
@@ -266,7 +271,7 @@ ROUTES = {
     "/close-on-raise": close_on_raise, "/close": close_normal, "/file-wrapper": file_wrapper,
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
-    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/pid": pid, "/big": big,
+    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/loop": loop, "/pid": pid, "/big": big,
 }
 
 

@@ -1,0 +1,331 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/yookoala/gofast"
+)
+
+func TestApacheProxyFCGI(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startDaemon(t, "fastcgi", "--bind", addr, "--mount", "/pf", "--chdir", appsDir(t), "probe:validated")
+	a := startApacheConf(t, "proxy_fcgi.conf", map[string]string{"UPSTREAM": addr}, nil)
+
+	resp, body := a.do(t, "GET", "/pf/hello", nil)
+	assert.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, "Hello, world!", body)
+	_, body = a.do(t, "GET", "/pf/environ", nil)
+	assert.Contains(t, body, "SCRIPT_NAME=/pf\n")
+	assert.Contains(t, body, "PATH_INFO=/environ\n")
+
+	payload := bytes.Repeat([]byte("apache mod_proxy_fcgi "), 50000)
+	resp, body = a.do(t, "POST", "/pf/echo", bytes.NewReader(payload))
+	assert.Equal(t, 200, resp.StatusCode)
+	assert.Equal(t, string(payload), body)
+
+	// A chunked request: Apache streams it with no CONTENT_LENGTH, and
+	// the body runs to the empty FCGI_STDIN.
+	req, err := http.NewRequest("POST", a.base+"/pf/count", io.MultiReader(strings.NewReader("chunked "), strings.NewReader("body")))
+	require.NoError(t, err)
+	req.ContentLength = -1
+	r2, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(r2.Body)
+	r2.Body.Close()
+	assert.Equal(t, "12", string(b))
+}
+
+// cgiFcgi runs libfcgi's cgi-fcgi as a FastCGI client.
+func cgiFcgi(t *testing.T, connect, method, path, body string) string {
+	t.Helper()
+	bin := need(t, "cgi-fcgi")
+	cmd := exec.Command(bin, "-bind", "-connect", connect)
+	cmd.Env = []string{"REQUEST_METHOD=" + method, "SERVER_PROTOCOL=HTTP/1.1", "SCRIPT_NAME=" + path,
+		"REQUEST_URI=" + path, "QUERY_STRING=", "CONTENT_LENGTH=" + strconv.Itoa(len(body))}
+	cmd.Stdin = strings.NewReader(body)
+	out, err := cmd.Output()
+	require.NoError(t, err)
+	return string(out)
+}
+
+func TestCgiFcgiClient(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--chdir", appsDir(t), "probe:validated")
+	out := cgiFcgi(t, sock, "GET", "/hello", "")
+	assert.Equal(t, "Status: 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\nHello, world!", out)
+	body := strings.Repeat("libfcgi ", 20000)
+	out = cgiFcgi(t, sock, "POST", "/echo", body)
+	assert.True(t, strings.HasSuffix(out, "\r\n\r\n"+body))
+}
+
+// TestInheritedSocket starts the daemon as spawn-fcgi does: the listening
+// socket on fd 0 and no --bind.
+func TestInheritedSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "inherited.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	ul := l.(*net.UnixListener)
+	f, err := ul.File()
+	require.NoError(t, err)
+	ul.SetUnlinkOnClose(false) // the daemon listens on the socket file now
+	l.Close()
+	d := &daemon{cmd: exec.Command(binary, "fastcgi", "--chdir", appsDir(t), "probe"), log: &syncBuffer{}, exited: make(chan struct{})}
+	d.cmd.Stdin = f
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	require.NoError(t, d.cmd.Start())
+	f.Close()
+	go func() {
+		d.err = d.cmd.Wait()
+		close(d.exited)
+	}()
+	defer d.stop(t, syscall.SIGTERM)
+	require.Eventually(t, func() bool { return strings.Contains(d.log.String(), "serving FastCGI") }, 30*time.Second, 10*time.Millisecond, d.log.String())
+
+	cl, err := gofast.SimpleClientFactory(gofast.SimpleConnFactory("unix", sock))()
+	require.NoError(t, err)
+	defer cl.Close()
+	resp, err := cl.Do(&gofast.Request{Role: gofast.RoleResponder, Stdin: io.NopCloser(strings.NewReader("")),
+		Params: map[string]string{"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SCRIPT_NAME": "/hello"}})
+	require.NoError(t, err)
+	rec := httptest.NewRecorder()
+	require.NoError(t, resp.WriteTo(rec, io.Discard))
+	assert.Equal(t, 200, rec.Code)
+	assert.Equal(t, "Hello, world!", rec.Body.String())
+}
+
+// TestScriptStartedByCgiFcgi: libfcgi's cgi-fcgi -start runs a FastCGI
+// program with its socket on fd 0, as mod_fcgid does; a wsgibridge script
+// then serves FastCGI with its settings.
+func TestScriptStartedByCgiFcgi(t *testing.T) {
+	bin := need(t, "cgi-fcgi")
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "spawned.sock")
+	script := filepath.Join(dir, "site.wsgi")
+	require.NoError(t, os.WriteFile(script, []byte(fmt.Sprintf("#!%s\napp = probe\nchdir = %s\n", binary, appsDir(t))), 0o755))
+	out, err := exec.Command(bin, "-start", "-connect", sock, script).CombinedOutput()
+	require.NoError(t, err, string(out))
+	t.Cleanup(func() {
+		// cgi-fcgi leaves the program running: find it by its script.
+		for _, pid := range pidsOf(t, script) {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+		}
+	})
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 10*time.Second, 10*time.Millisecond)
+	var got string
+	require.Eventually(t, func() bool {
+		got = cgiFcgi(t, sock, "GET", "/hello", "")
+		return strings.HasSuffix(got, "Hello, world!")
+	}, 30*time.Second, 100*time.Millisecond, "the spawned script did not serve: %q", got)
+}
+
+// pidsOf finds processes whose command line mentions s.
+func pidsOf(t *testing.T, s string) []int {
+	var out []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && strings.Contains(string(b), s) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// load sends GETs through nginx from a few goroutines until stop closes,
+// and counts the statuses; a request that hangs or fails at the transport
+// counts as status 0.
+type load struct {
+	mu       sync.Mutex
+	statuses map[int]int
+	wg       sync.WaitGroup
+	stop     chan struct{}
+}
+
+func startLoad(t *testing.T, urls ...string) *load {
+	l := &load{statuses: map[int]int{}, stop: make(chan struct{})}
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	for i := 0; i < 8; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				status := 0
+				resp, err := client.Get(urls[(i+n)%len(urls)])
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil {
+						status = resp.StatusCode
+					}
+				}
+				l.mu.Lock()
+				l.statuses[status]++
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+// finish stops the load and returns the status counts.
+func (l *load) finish() map[int]int {
+	close(l.stop)
+	l.wg.Wait()
+	return l.statuses
+}
+
+// TestFaultsUnderLoad injects faults into a daemon behind nginx while
+// requests flow: every request gets an answer (2xx or the documented
+// 502/503/504), none hangs, and the daemon keeps serving with its workers
+// restored.
+func TestFaultsUnderLoad(t *testing.T) {
+	apps := appsDir(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "probe.sock")
+	n := startNginx(t, map[string]string{"PROBE": "unix:" + sock, "FLASK": "unix:" + sock, "DJANGO": "unix:" + sock, "STOCK": "unix:" + sock})
+	hello := n.base1 + "/hello"
+	const loadFor = 3 * time.Second
+
+	restored := func(t *testing.T, d *daemon) {
+		require.Eventually(t, func() bool { return len(d.workerPids(t)) == 2 }, 20*time.Second, 20*time.Millisecond, "worker count not restored")
+		status, _ := get(t, hello)
+		assert.Equal(t, 200, status, "the daemon serves after the faults")
+	}
+
+	t.Run("worker killed mid-request", func(t *testing.T) {
+		d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--chdir", apps, "probe")
+		l := startLoad(t, hello, n.base1+"/sleep?0.05")
+		kills := 0
+		for end := time.Now().Add(loadFor); time.Now().Before(end); time.Sleep(300 * time.Millisecond) {
+			if pids := d.workerPids(t); len(pids) > 0 {
+				if syscall.Kill(pids[rand.IntN(len(pids))], syscall.SIGKILL) == nil {
+					kills++
+				}
+			}
+		}
+		got := l.finish()
+		t.Logf("statuses %v after %d kills", got, kills)
+		assert.Zero(t, got[0], "no request hangs or breaks")
+		for status := range got {
+			assert.Contains(t, []int{200, 502, 503}, status)
+		}
+		assert.LessOrEqual(t, got[502], kills, "at most one failed request per kill")
+		assert.Greater(t, got[200], 0)
+		restored(t, d)
+	})
+
+	t.Run("app in an infinite loop with --timeout 2s", func(t *testing.T) {
+		d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--timeout", "2s", "--chdir", apps, "probe")
+		l := startLoad(t, hello)
+		loops := make(chan int, 3)
+		for i := 0; i < 3; i++ {
+			go func() {
+				status, _ := get(t, n.base1+"/loop")
+				loops <- status
+			}()
+		}
+		// Two loops hold both workers until the timeout kills them (504);
+		// what waits for a worker longer than the timeout gets 503.
+		var loopStatuses []int
+		for i := 0; i < 3; i++ {
+			loopStatuses = append(loopStatuses, <-loops)
+		}
+		t.Logf("loop statuses %v", loopStatuses)
+		assert.Contains(t, loopStatuses, 504)
+		for _, s := range loopStatuses {
+			assert.Contains(t, []int{503, 504}, s)
+		}
+		got := l.finish()
+		t.Logf("statuses %v", got)
+		assert.Zero(t, got[0])
+		for status := range got {
+			assert.Contains(t, []int{200, 503}, status)
+		}
+		restored(t, d)
+		assert.Contains(t, d.log.String(), "the app ran longer than the 2s timeout")
+	})
+
+	t.Run("--max-requests 5", func(t *testing.T) {
+		d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--max-requests", "5", "--max-requests-jitter", "3", "--chdir", apps, "probe")
+		first := d.workerPids(t)
+		l := startLoad(t, hello)
+		time.Sleep(loadFor)
+		got := l.finish()
+		t.Logf("statuses %v", got)
+		assert.Equal(t, map[int]int{200: got[200]}, got, "recycling never fails a request")
+		restored(t, d)
+		assert.NotEqual(t, first, d.workerPids(t))
+	})
+
+	t.Run("SIGHUP during load", func(t *testing.T) {
+		d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--chdir", apps, "probe")
+		first := d.workerPids(t)
+		l := startLoad(t, hello)
+		for i := 0; i < 4; i++ {
+			time.Sleep(loadFor / 4)
+			require.NoError(t, d.cmd.Process.Signal(syscall.SIGHUP))
+		}
+		time.Sleep(500 * time.Millisecond)
+		got := l.finish()
+		t.Logf("statuses %v", got)
+		assert.Equal(t, map[int]int{200: got[200]}, got, "no request fails during a reload")
+		restored(t, d)
+		for _, pid := range first {
+			assert.NotContains(t, d.workerPids(t), pid)
+		}
+	})
+
+	t.Run("SIGTERM during load", func(t *testing.T) {
+		d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--chdir", apps, "probe")
+		workers := d.workerPids(t)
+		l := startLoad(t, hello, n.base1+"/sleep?0.2")
+		time.Sleep(loadFor / 2)
+		require.NoError(t, d.cmd.Process.Signal(syscall.SIGTERM))
+		select {
+		case <-d.exited:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the daemon did not exit after SIGTERM")
+		}
+		time.Sleep(300 * time.Millisecond)
+		got := l.finish()
+		t.Logf("statuses %v", got)
+		assert.Zero(t, got[0])
+		for status := range got {
+			assert.Contains(t, []int{200, 502}, status, "after the daemon is gone nginx answers 502")
+		}
+		assert.NoError(t, d.err, "exit status 0")
+		assert.Contains(t, d.log.String(), "msg=stopped")
+		for _, pid := range workers {
+			assert.Equal(t, syscall.ESRCH, syscall.Kill(pid, 0), "no orphan worker")
+		}
+	})
+}
