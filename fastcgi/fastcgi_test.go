@@ -10,6 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -594,4 +597,45 @@ func TestOutputWaitsForStdin(t *testing.T) {
 	c.send(stdinRecords(1, "second part"))
 	r := c.read(1)
 	assert.True(t, strings.HasSuffix(r.stdout[1], "|read 22"), r.stdout[1][len(r.stdout[1])-20:])
+}
+
+// TestCapturedTraffic replays what nginx sent (testdata/*.fcgi) and checks
+// the params and body the handler gets.
+func TestCapturedTraffic(t *testing.T) {
+	tests := []struct {
+		file   string
+		params []string // name=value pairs that must be there
+		body   int
+	}{
+		{"nginx-get.fcgi", []string{"REQUEST_METHOD=GET", "DOCUMENT_URI=/blog/caf\xc3\xa9", "QUERY_STRING=q=1", "HTTP_PROXY=http://evil", "HTTP_COOKIE=a=b"}, 0},
+		{"nginx-post.fcgi", []string{"REQUEST_METHOD=POST", "SCRIPT_NAME=/upload"}, -1},
+		{"nginx-chunked-keepconn.fcgi", []string{"REQUEST_METHOD=POST", "CONTENT_LENGTH=12", "HTTP_TRANSFER_ENCODING=chunked"}, 12},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			stream, err := os.ReadFile(filepath.Join("testdata", tt.file))
+			require.NoError(t, err)
+			ts := startServer(t, &echoHandler{}, nil)
+			c := ts.dial(t)
+			c.send(stream)
+			r := c.read(1)
+			require.Contains(t, r.ends, uint16(1))
+			for _, p := range tt.params {
+				assert.Contains(t, r.stdout[1], "\n"+p+"\n")
+			}
+			var length int
+			for _, line := range strings.Split(r.stdout[1], "\n") {
+				if v, ok := strings.CutPrefix(line, "CONTENT_LENGTH="); ok {
+					length, _ = strconv.Atoi(v)
+				}
+			}
+			_, body, _ := strings.Cut(r.stdout[1], "\nbody=")
+			if tt.body >= 0 {
+				assert.Len(t, body, tt.body)
+			} else {
+				assert.Len(t, body, length)
+				assert.Greater(t, length, 1000)
+			}
+		})
+	}
 }
