@@ -36,8 +36,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPairs$$' -fuzztime $(FUZZTIME) ./fastcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzConn$$' -fuzztime $(FUZZTIME) ./fastcgi
 
+PORT ?= 8000
 demo: deps build
-	testdata/apache/demo.sh
+	@echo "wsgibridge demo: open http://127.0.0.1:$(PORT)/ (Ctrl-C stops)"
+	$(BIN) http --bind 127.0.0.1:$(PORT) --chdir testdata/apps --python /usr/bin/python3 --access-log demo
 
 clean:
 	rm -rf bin
