@@ -94,6 +94,8 @@ type Pool struct {
 	lastFull  time.Time
 	slots     sync.WaitGroup
 	reloading sync.Mutex
+
+	timeoutCause error
 }
 
 // PoolStats is a snapshot of a pool.
@@ -114,7 +116,8 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Pool{cfg: cfg, log: log, gen: 1, members: map[*member]struct{}{}}
+	p := &Pool{cfg: cfg, log: log, gen: 1, members: map[*member]struct{}{},
+		timeoutCause: fmt.Errorf("the app ran longer than the %v timeout", cfg.Timeout)}
 	ms, err := p.spawnAll(p.gen)
 	if err != nil {
 		return nil, err
@@ -489,8 +492,7 @@ func (p *Pool) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Resu
 	}
 	if p.cfg.Timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, p.cfg.Timeout,
-			fmt.Errorf("the app ran longer than the %v timeout", p.cfg.Timeout))
+		ctx, cancel = context.WithTimeoutCause(ctx, p.cfg.Timeout, p.timeoutCause)
 		defer cancel()
 	}
 	res, err := m.w.Serve(ctx, req, rw)

@@ -57,6 +57,9 @@ type Config struct {
 	// CacheDir keeps the worker's compiled code between starts; it must
 	// be a folder only this user can write (PrivateDir). Empty: no cache.
 	CacheDir string
+	// StopGrace is how long a stopped request may take to end (see
+	// Serve) before its worker is killed. Default 2 s.
+	StopGrace time.Duration
 }
 
 // ResponseWriter is where a response goes. Both the CGI and the FastCGI
@@ -126,6 +129,10 @@ type Worker struct {
 	// unusable is set when the worker was killed, broke the protocol or
 	// said it exits after its request.
 	unusable atomic.Bool
+
+	mu       sync.Mutex
+	current  uint16 // the request being served, 0 between requests
+	stopping bool   // current was stopped: its output is not forwarded
 }
 
 // Start starts a worker. It does not wait for the app to import: Ready
@@ -174,6 +181,9 @@ func Start(cfg Config) (*Worker, error) {
 		toPy.Close()
 		fromPy.Close()
 		return nil, fmt.Errorf("bridge: start %s: %w", path, err)
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 2 * time.Second
 	}
 	w := &Worker{
 		cfg:    cfg,
@@ -234,9 +244,14 @@ func (w *Worker) Ready(ctx context.Context) error {
 // Serve runs one request on the worker and writes the response to rw; what
 // rw holds unflushed when Serve returns is the caller's to send. A
 // request the bridge refuses gets its error response and a *StatusError.
-// If the worker dies or ctx ends, the client gets a 502 or a 504 when
-// nothing was sent yet; the worker is then gone and Serve returns an error
-// wrapping ErrWorkerDied or ErrStopped.
+//
+// When ctx ends (the client went away, a deadline, a signal) the request
+// is stopped: the worker gets SIGUSR1 and raises Stop inside the app, so
+// its iterable is closed and the worker serves on; if the request has not
+// ended within Config.StopGrace (the app is stuck where Python cannot
+// interrupt it) the worker is killed. Serve then returns an error wrapping
+// ErrStopped, and the client gets 504 if nothing was sent yet. If the
+// worker dies, the client gets 502 and the error wraps ErrWorkerDied.
 func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Result, error) {
 	env, length, err := normalize(req.Env)
 	if err != nil {
@@ -265,8 +280,16 @@ func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Re
 		w.wbuf = appendHeader(w.wbuf, frameBodyEnd, 0, id, 0)
 	}
 
-	stop := context.AfterFunc(ctx, w.Kill)
-	defer stop()
+	w.mu.Lock()
+	w.current, w.stopping = id, false
+	w.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { w.stopRequest(id) })
+	defer func() {
+		stop()
+		w.mu.Lock()
+		w.current = 0
+		w.mu.Unlock()
+	}()
 	w.wmu.Lock()
 	_, werr := w.toPy.Write(w.wbuf)
 	w.wmu.Unlock()
@@ -301,12 +324,15 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 		}
 		switch h.kind {
 		case frameHead:
-			if res.Status != 0 {
-				return w.desync(ctx, rw, res, "second header block")
-			}
 			block, err := w.readPayload(h.size, maxHeadFrame)
 			if err != nil {
 				return w.failed(ctx, rw, res, err)
+			}
+			if w.stopped() {
+				continue // the request was stopped: nothing more goes out
+			}
+			if res.Status != 0 {
+				return w.desync(ctx, rw, res, "second header block")
 			}
 			status, ok := parseStatus(block)
 			if !ok {
@@ -315,21 +341,24 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			res.Status = status
 			clientErr = rw.WriteHeader(status, block)
 		case frameData:
-			if res.Status == 0 || h.size > maxDataFrame {
+			stopped := w.stopped()
+			if (res.Status == 0 && !stopped) || h.size > maxDataFrame {
 				return w.desync(ctx, rw, res, fmt.Sprintf("body frame of %d bytes", h.size))
 			}
-			res.BodyBytes += int64(h.size)
+			if !stopped {
+				res.BodyBytes += int64(h.size)
+			}
 			for n := int(h.size); n > 0; {
 				chunk := w.buf[:min(n, len(w.buf))]
 				if _, err := io.ReadFull(w.r, chunk); err != nil {
 					return w.failed(ctx, rw, res, err)
 				}
 				n -= len(chunk)
-				if clientErr == nil {
+				if clientErr == nil && !stopped {
 					_, clientErr = rw.Write(chunk)
 				}
 			}
-			if h.flags&flushData != 0 && clientErr == nil {
+			if h.flags&flushData != 0 && clientErr == nil && !stopped {
 				clientErr = rw.Flush()
 			}
 		case frameLog:
@@ -352,6 +381,9 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			if h.flags&finishedExiting != 0 {
 				w.unusable.Store(true)
 			}
+			if w.stopped() {
+				return w.stoppedResult(ctx, rw, res)
+			}
 			if clientErr != nil {
 				return res, fmt.Errorf("bridge: write response: %w", clientErr)
 			}
@@ -364,6 +396,9 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			if err != nil {
 				return w.failed(ctx, rw, res, err)
 			}
+			if w.stopped() {
+				return w.stoppedResult(ctx, rw, res)
+			}
 			if clientErr == nil {
 				clientErr = rw.Flush()
 			}
@@ -375,7 +410,45 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 	}
 }
 
-// failed handles a worker that stopped answering: killed by our deadline
+// stopRequest asks the worker to stop request id, and arms its kill in
+// case the app cannot be interrupted. Both do nothing once id has ended.
+func (w *Worker) stopRequest(id uint16) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.current != id {
+		return
+	}
+	w.stopping = true
+	_ = syscall.Kill(w.pid, syscall.SIGUSR1)
+	time.AfterFunc(w.cfg.StopGrace, func() {
+		w.mu.Lock()
+		still := w.current == id
+		w.mu.Unlock()
+		if still {
+			w.Kill()
+		}
+	})
+}
+
+func (w *Worker) stopped() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stopping
+}
+
+// stoppedResult ends a stopped request that the worker ended in time: the
+// worker serves on; the client gets 504 if it got nothing yet.
+func (w *Worker) stoppedResult(ctx context.Context, rw ResponseWriter, res Result) (Result, error) {
+	err := fmt.Errorf("bridge: %w (%v); worker pid %d stopped the app", ErrStopped, context.Cause(ctx), w.pid)
+	res.CutShort = res.Status != 0
+	if res.Status == 0 {
+		res.Status = 504
+		err = errors.Join(err, WriteError(rw, 504))
+	}
+	return res, err
+}
+
+// failed handles a worker that stopped answering: killed after a stop
 // (504) or dead by itself (502).
 func (w *Worker) failed(ctx context.Context, rw ResponseWriter, res Result, cause error) (Result, error) {
 	w.Kill()

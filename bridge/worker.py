@@ -25,10 +25,16 @@ reaches the client now), L (a message for the bridge's log) and one F
 
 The protocol fds are not inheritable, so a subprocess the app starts cannot
 hold a response open.
+
+SIGUSR1 stops the request in progress (the client went away, or it ran out
+of time): Stop is raised inside the app, so its iterable is closed and the
+worker serves on. The handler raises only while app code runs, never in
+the middle of writing a frame.
 """
 
 import marshal
 import os
+import signal
 import struct
 import sys
 
@@ -60,6 +66,28 @@ TOKEN = (b"!#$%&'*+-.^_`|~0123456789"
          b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # Controls forbidden in a header value or reason phrase (HTAB is allowed).
 BAD_VALUE = bytes(c for c in range(32) if c != 9) + b"\x7f"
+
+
+class Stop(BaseException):
+    """Raised inside the app when the bridge stops its request."""
+
+
+# True while app code runs: only then may SIGUSR1 raise Stop. A stop that
+# comes while the worker writes a frame waits in stop_pending until the
+# write is done, so it is never lost and never tears a frame.
+app_running = False
+stop_pending = False
+
+
+def on_stop(signum, frame):
+    global stop_pending
+    if app_running:
+        raise stopped()
+    stop_pending = True
+
+
+def stopped():
+    return Stop("the bridge stopped the request (the client went away or it ran out of time)")
 
 
 class ProtocolError(Exception):
@@ -264,6 +292,16 @@ class Response:
         self.frame(HEAD, self.block)
 
     def write(self, data, flags=FLUSH):
+        global app_running
+        running, app_running = app_running, False
+        try:
+            self._write(data, flags)
+        finally:
+            app_running = running
+        if running and stop_pending:
+            raise stopped()
+
+    def _write(self, data, flags):
         if self.block is None:
             raise AppError("write() called before start_response()")
         if type(data) is not bytes:
@@ -359,6 +397,8 @@ BASE_ENVIRON = {
 
 def handle(app, rin, out, flags, rid, payload):
     """Serves one request; returns True when the worker should exit after it."""
+    global app_running, stop_pending
+    stop_pending = False
     environ = marshal.loads(payload)
     environ.update(BASE_ENVIRON)
     environ["wsgi.run_once"] = bool(flags & RUN_ONCE)
@@ -367,6 +407,7 @@ def handle(app, rin, out, flags, rid, payload):
     inp = environ["wsgi.input"] = Input(rin, rid)
     resp = Response(out, rid, environ["REQUEST_METHOD"] == "HEAD")
     try:
+        app_running = True
         result = app(environ, resp.start_response)
         try:
             if type(result) in (list, tuple):
@@ -377,6 +418,7 @@ def handle(app, rin, out, flags, rid, payload):
                 for chunk in result:
                     resp.write(chunk)
         finally:
+            app_running = False
             close = getattr(result, "close", None)
             if close is not None:
                 try:
@@ -387,6 +429,7 @@ def handle(app, rin, out, flags, rid, payload):
     except (ProtocolError, BrokenPipeError):
         raise
     except BaseException as exc:
+        app_running = False
         # Interpreter state is suspect after these; a fresh worker is cheap.
         exiting = isinstance(exc, (SystemExit, KeyboardInterrupt, MemoryError))
         resp.fail(report(out, rid, environ, exc), exiting)
@@ -434,6 +477,7 @@ def main(argv):
         sys.path.insert(0, d)
     os.set_inheritable(3, False)
     os.set_inheritable(4, False)
+    signal.signal(signal.SIGUSR1, on_stop)
     rin = open(3, "rb", buffering=256 * 1024)
     out = open(4, "wb", buffering=256 * 1024)
     sys.stdout.reconfigure(line_buffering=True)

@@ -497,19 +497,68 @@ func TestWorkerDeath(t *testing.T) {
 	}
 }
 
-func TestTimeoutKillsWorker(t *testing.T) {
+// TestStopInterruptsApp: a request whose context ends is stopped inside
+// the app (a sleep, a busy loop); the worker serves on.
+func TestStopInterruptsApp(t *testing.T) {
+	for _, path := range []string{"/sleep", "/loop"} {
+		t.Run(path, func(t *testing.T) {
+			h := newHarness(t, probeApp(t, "application"))
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel()
+			rec := &recorder{}
+			res, err := h.w.Serve(ctx, &Request{Env: env(path, "QUERY_STRING", "60")}, rec)
+			require.ErrorIs(t, err, ErrStopped)
+			assert.Equal(t, 504, res.Status)
+			assert.Equal(t, 504, rec.status)
+			assert.Equal(t, 1, rec.headerCalls, "the worker's own 500 page is not sent after a stop")
+			assert.True(t, h.w.Usable(), "the worker serves on")
+			assert.Contains(t, h.workerOutput(), "Stop: the bridge stopped the request", "the traceback shows where the app was")
+			rec, _, err = h.get("/pid")
+			require.NoError(t, err)
+			assert.Equal(t, strconv.Itoa(h.w.Pid()), rec.body.String())
+		})
+	}
+}
+
+func TestStopClosesIterable(t *testing.T) {
 	h := newHarness(t, probeApp(t, "application"))
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	rec := &recorder{flushed: make(chan string, 4)}
+	done := make(chan error, 1)
+	var res Result
+	go func() {
+		var err error
+		res, err = h.w.Serve(ctx, &Request{Env: env("/slow-stream")}, rec)
+		done <- err
+	}()
+	assert.Equal(t, "first\n", <-rec.flushed)
+	cancel() // the client went away
+	err := <-done
+	require.ErrorIs(t, err, ErrStopped)
+	assert.True(t, res.CutShort)
+	assert.Equal(t, "first\n", rec.body.String())
+	assert.Contains(t, h.workerOutput(), "probe: close() called")
+	assert.True(t, h.w.Usable())
+}
+
+func TestStopKillsUninterruptibleApp(t *testing.T) {
+	out, err := os.CreateTemp(t.TempDir(), "out")
+	require.NoError(t, err)
+	w, err := Start(Config{App: probeApp(t, "application"), Output: out, StopGrace: 300 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	defer w.Close(time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	rec := &recorder{}
-	res, err := h.w.Serve(ctx, &Request{Env: env("/sleep", "QUERY_STRING", "60")}, rec)
+	res, err := w.Serve(ctx, &Request{Env: env("/masked-sleep")}, rec)
 	require.ErrorIs(t, err, ErrStopped)
 	assert.Equal(t, 504, res.Status)
-	assert.Equal(t, 504, rec.status)
+	assert.False(t, w.Usable())
 	select {
-	case <-h.w.Exited():
+	case <-w.Exited():
 	case <-time.After(10 * time.Second):
-		t.Fatal("worker still running after the timeout")
+		t.Fatal("worker still running after the stop grace")
 	}
 }
 

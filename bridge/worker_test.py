@@ -174,6 +174,36 @@ class ResponseTest(unittest.TestCase):
         self.assertEqual(sizes, [worker.MAX_FRAME, 1])
 
 
+class StopTest(unittest.TestCase):
+    def tearDown(self):
+        worker.app_running = worker.stop_pending = False
+
+    def test_stop_during_a_write_waits_for_its_end(self):
+        buf = io.BytesIO()
+        resp = worker.Response(buf, 1, False)
+        write = resp.start_response("200 OK", [])
+        worker.app_running = True
+        real = resp._write
+
+        def write_then_signal(data, flags):
+            real(data, flags)
+            worker.on_stop(None, None)  # arrives while the frame is written
+
+        resp._write = write_then_signal
+        with self.assertRaises(worker.Stop):
+            write(b"chunk")
+        self.assertEqual([k for k, _, _ in parse(buf.getvalue())], ["H", "D"], "the frame is whole")
+
+    def test_stop_outside_the_app_is_not_raised(self):
+        worker.on_stop(None, None)
+        self.assertTrue(worker.stop_pending)
+
+    def test_stop_inside_the_app_raises(self):
+        worker.app_running = True
+        with self.assertRaises(worker.Stop):
+            worker.on_stop(None, None)
+
+
 class LoadAppTest(unittest.TestCase):
     def test_not_callable(self):
         with self.assertRaises(TypeError):

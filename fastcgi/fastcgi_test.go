@@ -39,7 +39,7 @@ func TestRecordEncoding(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got := appendRecord(nil, tt.typ, tt.id, tt.content)
 			assert.Equal(t, tt.want, got)
-			rr := &recordReader{r: bytes.NewReader(got)}
+			rr := newRecordReader(bytes.NewReader(got))
 			h, content, err := rr.next()
 			require.NoError(t, err)
 			assert.Equal(t, tt.typ, h.typ)
@@ -61,7 +61,7 @@ func TestRecordReaderErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := (&recordReader{r: bytes.NewReader(tt.in)}).next()
+			_, _, err := newRecordReader(bytes.NewReader(tt.in)).next()
 			assert.ErrorContains(t, err, tt.err)
 		})
 	}
@@ -70,7 +70,7 @@ func TestRecordReaderErrors(t *testing.T) {
 func TestAppendStreamSplits(t *testing.T) {
 	content := bytes.Repeat([]byte("x"), 2*maxContent+5)
 	b := appendStream(nil, typeStdout, 1, content)
-	rr := &recordReader{r: bytes.NewReader(b)}
+	rr := newRecordReader(bytes.NewReader(b))
 	var sizes []int
 	var got []byte
 	for {
@@ -245,7 +245,7 @@ func (ts *testServer) dial(t *testing.T) *client {
 	require.NoError(t, err)
 	t.Cleanup(func() { nc.Close() })
 	require.NoError(t, nc.SetDeadline(time.Now().Add(20*time.Second)))
-	return &client{t: t, nc: nc, rr: &recordReader{r: nc}}
+	return &client{t: t, nc: nc, rr: newRecordReader(nc)}
 }
 
 func (c *client) send(b []byte) {
@@ -534,7 +534,7 @@ func TestShutdownDrains(t *testing.T) {
 	nc, err := net.Dial("tcp", l.Addr().String())
 	require.NoError(t, err)
 	defer nc.Close()
-	c := &client{t: t, nc: nc, rr: &recordReader{r: nc}}
+	c := &client{t: t, nc: nc, rr: newRecordReader(nc)}
 	c.send(fullRequest(1, flagKeepConn, "in flight", "WAIT", "hold"))
 	require.Eventually(t, func() bool { return srv.Active() == 1 }, 5*time.Second, time.Millisecond)
 	shut := make(chan error, 1)

@@ -9,10 +9,12 @@ package fastcgi
 // and reading and writing records with padding.
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 const headerLen = 8
@@ -61,36 +63,65 @@ type header struct {
 	reserved uint8
 }
 
-// recordReader reads records into one fixed buffer: a record is at most
-// 65535 + 255 bytes, so no length a peer sends can make us allocate.
+// recordReader reads records in place from a buffered reader whose buffer
+// holds the largest record (65535 + 255 bytes after the header), so no
+// length a peer sends can make us allocate.
 type recordReader struct {
-	r   io.Reader
-	buf [headerLen + 65535 + 255]byte
+	r    *bufio.Reader
+	last int // bytes of the previous record, discarded on the next call
+}
+
+// readerSize fits the header and the largest content and padding.
+const readerSize = headerLen + 65535 + 255
+
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readerSize) }}
+
+// newRecordReader takes a pooled buffer; release gives it back.
+func newRecordReader(r io.Reader) *recordReader {
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	return &recordReader{r: br}
+}
+
+func (rr *recordReader) release() {
+	rr.r.Reset(nil)
+	readers.Put(rr.r)
+	rr.r = nil
 }
 
 // next reads one record; content is valid until the next call.
 func (rr *recordReader) next() (header, []byte, error) {
-	if _, err := io.ReadFull(rr.r, rr.buf[:headerLen]); err != nil {
+	if _, err := rr.r.Discard(rr.last); err != nil {
+		return header{}, nil, err
+	}
+	rr.last = 0
+	hb, err := rr.r.Peek(headerLen)
+	if err != nil {
+		if errors.Is(err, io.EOF) && len(hb) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 		return header{}, nil, err
 	}
 	h := header{
-		version: rr.buf[0],
-		typ:     rr.buf[1],
-		id:      binary.BigEndian.Uint16(rr.buf[2:4]),
-		length:  binary.BigEndian.Uint16(rr.buf[4:6]),
-		padding: rr.buf[6],
+		version: hb[0],
+		typ:     hb[1],
+		id:      binary.BigEndian.Uint16(hb[2:4]),
+		length:  binary.BigEndian.Uint16(hb[4:6]),
+		padding: hb[6],
 	}
 	if h.version != 1 {
 		return h, nil, fmt.Errorf("%w %d", errVersion, h.version)
 	}
-	n := int(h.length) + int(h.padding)
-	if _, err := io.ReadFull(rr.r, rr.buf[headerLen:headerLen+n]); err != nil {
+	n := headerLen + int(h.length) + int(h.padding)
+	rec, err := rr.r.Peek(n)
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
 		return h, nil, fmt.Errorf("fastcgi: read record body: %w", err)
 	}
-	return h, rr.buf[headerLen : headerLen+int(h.length)], nil
+	rr.last = n
+	return h, rec[headerLen : headerLen+int(h.length)], nil
 }
 
 // appendRecord appends one record of at most 65535 content bytes, padded

@@ -5,7 +5,6 @@ package fastcgi
 // goroutine, so several requests can share a connection.
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -194,7 +193,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	c := &conn{
 		srv:  s,
 		nc:   nc,
-		rr:   &recordReader{r: bufio.NewReaderSize(nc, 64<<10)},
+		rr:   newRecordReader(nc),
 		reqs: map[uint16]*request{},
 		log:  s.Logger.With("peer", nc.RemoteAddr().String()),
 	}
@@ -292,6 +291,7 @@ func (c *conn) serve() {
 			c.forget(r)
 		}
 		c.wg.Wait()
+		c.rr.release()
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()

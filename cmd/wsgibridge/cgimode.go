@@ -108,6 +108,8 @@ func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, s
 		Env:        append(cgi.ChildEnv(environ), s.env...),
 		Output:     stderr,
 		Logger:     log,
+		// Apache sends SIGKILL 3 s after its SIGTERM: end well before.
+		StopGrace: time.Second,
 	})
 	if err != nil {
 		log.Error("app could not be started", "app", s.app, "err", err)

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -35,7 +36,7 @@ var (
 func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, rw bridge.ResponseWriter) (cutShort bool) {
 	start := time.Now()
 	env = bridge.Mount(env, g.mount)
-	res, err := g.pool.Serve(ctx, &bridge.Request{Env: env, Body: body, BodyToEOF: true}, rw)
+	res, err := g.pool.Serve(ctx, &bridge.Request{Env: env, Body: body, BodyToEOF: chunked(env)}, rw)
 	if err != nil || g.accessLog {
 		var method, uri string
 		for _, v := range env {
@@ -57,13 +58,31 @@ func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, r
 	return res.CutShort
 }
 
+// chunked reports whether a request's body runs to its end with no
+// CONTENT_LENGTH (a chunked request that the server streams, as Apache's
+// mod_proxy_fcgi does); without CONTENT_LENGTH otherwise there is no body.
+func chunked(env []bridge.Var) bool {
+	var length, te string
+	for _, v := range env {
+		switch v.Name {
+		case "CONTENT_LENGTH":
+			length = v.Value
+		case "HTTP_TRANSFER_ENCODING":
+			te = v.Value
+		}
+	}
+	return length == "" && strings.Contains(strings.ToLower(te), "chunked")
+}
+
 // ServeFastCGI serves a request from the FastCGI front.
 func (g *gateway) ServeFastCGI(ctx context.Context, w *fastcgi.ResponseWriter, r *fastcgi.Request) {
 	env := make([]bridge.Var, len(r.Params), len(r.Params)+2)
 	for i, p := range r.Params {
 		env[i] = bridge.Var(p)
 	}
-	if g.serve(ctx, env, r.Body, fcgiWriter{w}) {
+	// A response cut short must not look complete, unless the web server
+	// asked for the stop itself: then END_REQUEST is the answer it wants.
+	if g.serve(ctx, env, r.Body, fcgiWriter{w}) && !errors.Is(context.Cause(ctx), fastcgi.ErrAbortRequested) {
 		w.Abort()
 	}
 }
@@ -108,6 +127,10 @@ func httpEnv(r *http.Request) []bridge.Var {
 		{Name: "PATH_INFO", Value: r.URL.Path},
 		{Name: "QUERY_STRING", Value: r.URL.RawQuery},
 		{Name: "HTTP_HOST", Value: r.Host},
+	}
+	if len(r.TransferEncoding) > 0 {
+		// net/http moves Transfer-Encoding out of the header map.
+		env = append(env, bridge.Var{Name: "HTTP_TRANSFER_ENCODING", Value: strings.Join(r.TransferEncoding, ", ")})
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		env = append(env, bridge.Var{Name: "CONTENT_TYPE", Value: ct})

@@ -329,3 +329,70 @@ func TestFaultsUnderLoad(t *testing.T) {
 		}
 	})
 }
+
+// fcgiRecord builds one FastCGI record, as a web server sends it.
+func fcgiRecord(typ byte, id uint16, content []byte) []byte {
+	pad := -len(content) & 7
+	b := []byte{1, typ, byte(id >> 8), byte(id), byte(len(content) >> 8), byte(len(content)), byte(pad), 0}
+	return append(append(b, content...), make([]byte, pad)...)
+}
+
+func fcgiParams(id uint16, kv ...string) []byte {
+	var p []byte
+	for i := 0; i+1 < len(kv); i += 2 {
+		p = append(p, byte(len(kv[i])), byte(len(kv[i+1])))
+		p = append(p, kv[i]+kv[i+1]...)
+	}
+	return append(fcgiRecord(4, id, p), fcgiRecord(4, id, nil)...)
+}
+
+// TestAbortRequestClosesIterable: FCGI_ABORT_REQUEST stops the app (its
+// iterable is closed), ends the request once, and frees the worker.
+func TestAbortRequestClosesIterable(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "abort.sock")
+	d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--workers", "1", "--chdir", appsDir(t), "probe")
+	nc, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	defer nc.Close()
+	require.NoError(t, nc.SetDeadline(time.Now().Add(20*time.Second)))
+	req := func(path string) []byte {
+		b := fcgiRecord(1, 1, []byte{0, 1, 1, 0, 0, 0, 0, 0}) // responder, keep the connection
+		b = append(b, fcgiParams(1, "REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "SCRIPT_NAME", path)...)
+		return append(b, fcgiRecord(5, 1, nil)...)
+	}
+	_, err = nc.Write(req("/slow-stream"))
+	require.NoError(t, err)
+	// Read until the first chunk has come.
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte("first\n")) {
+		n, err := nc.Read(buf)
+		require.NoError(t, err)
+		got = append(got, buf[:n]...)
+	}
+	_, err = nc.Write(fcgiRecord(2, 1, nil)) // FCGI_ABORT_REQUEST
+	require.NoError(t, err)
+	endRecord := []byte{1, 3, 0, 1, 0, 8}
+	for !bytes.Contains(got, endRecord) {
+		n, err := nc.Read(buf)
+		require.NoError(t, err, "got %q", got)
+		got = append(got, buf[:n]...)
+	}
+	// Id 1 is free again only now. The next request on the same
+	// connection is served by the same worker.
+	_, err = nc.Write(req("/pid"))
+	require.NoError(t, err)
+	for bytes.Count(got, endRecord) < 2 {
+		n, err := nc.Read(buf)
+		require.NoError(t, err, "got %q", got)
+		got = append(got, buf[:n]...)
+	}
+	require.NoError(t, nc.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
+	_, err = nc.Read(buf)
+	assert.Error(t, err, "nothing after the second END_REQUEST")
+	assert.Equal(t, 2, bytes.Count(got, endRecord), "one END_REQUEST per request")
+	_, second, _ := bytes.Cut(got, endRecord)
+	assert.Contains(t, string(second), strconv.Itoa(d.workerPids(t)[0]), "the same worker serves the next request")
+	require.Eventually(t, func() bool { return strings.Contains(d.log.String(), "probe: close() called") }, 10*time.Second, 10*time.Millisecond)
+	assert.Len(t, d.workerPids(t), 1)
+}

@@ -242,6 +242,24 @@ def sleep(environ, start_response):
     return ok(start_response, b"slept")
 
 
+def slow_stream(environ, start_response):
+    """Yields a first chunk, then takes a minute for the next; reports close()."""
+    start_response("200 OK", TEXT)
+
+    def chunks():
+        yield b"first\n"
+        time.sleep(60)
+        yield b"never\n"
+    return Closing(chunks())
+
+
+def masked_sleep(environ, start_response):
+    """Sleeps where the bridge's stop signal cannot reach."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    time.sleep(60)
+    return ok(start_response, b"slept")
+
+
 def loop(environ, start_response):
     while True:
         pass
@@ -271,7 +289,7 @@ ROUTES = {
     "/close-on-raise": close_on_raise, "/close": close_normal, "/file-wrapper": file_wrapper,
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
-    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/loop": loop, "/pid": pid, "/big": big,
+    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
 }
 
 
