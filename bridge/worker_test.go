@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/wsgibridge/wsgibridge/internal/testutil"
 )
 
 // recorder is a ResponseWriter that keeps what it was given.
@@ -55,23 +56,8 @@ func (r *recorder) Flush() error {
 	return nil
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer keeps log lines written from several goroutines.
+type syncBuffer = testutil.SyncBuffer
 
 // harness runs a worker on testdata/apps/probe.py and keeps its logs.
 type harness struct {

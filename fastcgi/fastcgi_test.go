@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/wsgibridge/wsgibridge/internal/testutil"
 	"github.com/yookoala/gofast"
 )
 
@@ -216,22 +217,7 @@ func startServer(t *testing.T, h Handler, configure func(*Server)) *testServer {
 }
 
 // lockedWriter keeps the server's log lines for the test to read.
-type lockedWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type lockedWriter = testutil.SyncBuffer
 
 // client is the web server's end of one connection.
 type client struct {

@@ -55,12 +55,11 @@ var (
 )
 
 type header struct {
-	version  uint8
-	typ      uint8
-	id       uint16
-	length   uint16
-	padding  uint8
-	reserved uint8
+	version uint8
+	typ     uint8
+	id      uint16
+	length  uint16
+	padding uint8
 }
 
 // recordReader reads records in place from a buffered reader whose buffer

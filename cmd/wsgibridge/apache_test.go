@@ -130,24 +130,33 @@ func startApacheConf(t *testing.T, name string, vars map[string]string, prepare 
 
 	a := &apache{dir: dir, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	a.cmd = exec.Command(httpd, "-f", confPath, "-DFOREGROUND")
-	a.cmd.Stdout, a.cmd.Stderr = os.Stderr, os.Stderr
-	require.NoError(t, a.cmd.Start())
+	startServer(t, "apache", a.cmd, syscall.SIGTERM, port, func() string { return a.errorLog(t) })
+	return a
+}
+
+// startServer starts a web server, waits until it listens on port, and
+// stops it by PID with sig (then SIGKILL) when the test ends; its log is
+// shown when the test fails.
+func startServer(t *testing.T, name string, cmd *exec.Cmd, sig syscall.Signal, port int, log func() string) {
+	t.Helper()
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	require.NoError(t, cmd.Start())
 	exited := make(chan struct{})
 	var waitErr error
 	go func() {
-		waitErr = a.cmd.Wait()
+		waitErr = cmd.Wait()
 		close(exited)
 	}()
 	t.Cleanup(func() {
-		_ = a.cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Process.Signal(sig)
 		select {
 		case <-exited:
 		case <-time.After(10 * time.Second):
-			_ = a.cmd.Process.Kill()
+			_ = cmd.Process.Kill()
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("Apache error.log:\n%s", a.errorLog(t))
+			t.Logf("%s log:\n%s", name, log())
 		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
@@ -155,18 +164,43 @@ func startApacheConf(t *testing.T, name string, vars map[string]string, prepare 
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			c.Close()
-			return a
+			return
 		}
 		select {
 		case <-exited:
-			t.Fatalf("apache exited at start (%v):\n%s", waitErr, a.errorLog(t))
+			t.Fatalf("%s exited at start (%v):\n%s", name, waitErr, log())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("apache did not listen on %d:\n%s", port, a.errorLog(t))
+			t.Fatalf("%s did not listen on %d:\n%s", name, port, log())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// assertStreamed checks that the /stream route's first chunk reaches the
+// client while the app's generator waits for the gate file.
+func assertStreamed(t *testing.T, url, gate string) {
+	t.Helper()
+	resp, err := http.Get(url + "?" + gate)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	first := make(chan string, 1)
+	br := bufio.NewReader(resp.Body)
+	go func() {
+		line, _ := br.ReadString('\n')
+		first <- line
+	}()
+	select {
+	case line := <-first:
+		assert.Equal(t, "first chunk\n", line, "the first chunk arrives while the generator waits")
+	case <-time.After(15 * time.Second):
+		t.Fatal("the first chunk did not arrive before the generator finished")
+	}
+	require.NoError(t, os.WriteFile(gate, nil, 0o644))
+	rest, err := io.ReadAll(br)
+	require.NoError(t, err)
+	assert.Equal(t, "second chunk\n", string(rest))
 }
 
 func (a *apache) errorLog(t *testing.T) string {
@@ -264,26 +298,7 @@ func TestApacheCGI(t *testing.T) {
 		})
 
 		t.Run(app+"/streamed response", func(t *testing.T) {
-			gate := filepath.Join(a.dir, "gates", app)
-			resp, err := http.Get(a.base + "/" + app + "/stream?" + gate)
-			require.NoError(t, err)
-			defer resp.Body.Close()
-			first := make(chan string, 1)
-			br := bufio.NewReader(resp.Body)
-			go func() {
-				line, _ := br.ReadString('\n')
-				first <- line
-			}()
-			select {
-			case line := <-first:
-				assert.Equal(t, "first chunk\n", line, "the first chunk arrives while the generator waits")
-			case <-time.After(15 * time.Second):
-				t.Fatal("first chunk did not arrive before the generator finished")
-			}
-			require.NoError(t, os.WriteFile(gate, nil, 0o644))
-			rest, err := io.ReadAll(br)
-			require.NoError(t, err)
-			assert.Equal(t, "second chunk\n", string(rest))
+			assertStreamed(t, a.base+"/"+app+"/stream", filepath.Join(a.dir, "gates", app))
 		})
 
 		t.Run(app+"/PATH_INFO is latin-1 decoded bytes", func(t *testing.T) {

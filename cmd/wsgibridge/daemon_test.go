@@ -1,25 +1,23 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/wsgibridge/wsgibridge/internal/testutil"
 )
 
 // daemon is a wsgibridge fastcgi or http process started by a test.
@@ -30,22 +28,8 @@ type daemon struct {
 	err    error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer keeps a daemon's log while the test reads it.
+type syncBuffer = testutil.SyncBuffer
 
 // startDaemon runs wsgibridge with args until it logs that it serves, and
 // stops it by PID (SIGTERM, then SIGKILL) when the test ends.
@@ -127,33 +111,10 @@ func startNginx(t *testing.T, upstreams map[string]string) *nginx {
 	require.NoError(t, os.WriteFile(conf, []byte(strings.NewReplacer(pairs...).Replace(string(tmpl))), 0o644))
 	n := &nginx{dir: dir, base1: fmt.Sprintf("http://127.0.0.1:%d", p1), base2: fmt.Sprintf("http://127.0.0.1:%d", p2)}
 	n.cmd = exec.Command(bin, "-c", conf, "-p", dir, "-g", "daemon off;")
-	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
-	require.NoError(t, n.cmd.Start())
-	exited := make(chan struct{})
-	go func() {
-		_ = n.cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		_ = n.cmd.Process.Signal(syscall.SIGQUIT)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = n.cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx error.log:\n%s", b)
-		}
+	startServer(t, "nginx", n.cmd, syscall.SIGQUIT, p2, func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		return string(b)
 	})
-	require.Eventually(t, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p2))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, 15*time.Second, 20*time.Millisecond, "nginx did not listen")
 	return n
 }
 
@@ -235,26 +196,7 @@ func TestNginxFastCGI(t *testing.T) {
 		}
 	})
 	t.Run("streamed response with fastcgi_buffering off", func(t *testing.T) {
-		gate := filepath.Join(t.TempDir(), "gate")
-		resp, err := http.Get(n.base2 + "/stream?" + gate)
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		first := make(chan string, 1)
-		br := bufio.NewReader(resp.Body)
-		go func() {
-			line, _ := br.ReadString('\n')
-			first <- line
-		}()
-		select {
-		case line := <-first:
-			assert.Equal(t, "first chunk\n", line)
-		case <-time.After(15 * time.Second):
-			t.Fatal("first chunk did not arrive before the generator finished")
-		}
-		require.NoError(t, os.WriteFile(gate, nil, 0o644))
-		rest, err := io.ReadAll(br)
-		require.NoError(t, err)
-		assert.Equal(t, "second chunk\n", string(rest))
+		assertStreamed(t, n.base2+"/stream", filepath.Join(t.TempDir(), "gate"))
 	})
 	t.Run("PATH_INFO is latin-1 decoded bytes", func(t *testing.T) {
 		_, body := get(t, n.base1+"/echo-path/caf%C3%A9")
