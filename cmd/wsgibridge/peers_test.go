@@ -396,3 +396,40 @@ func TestAbortRequestClosesIterable(t *testing.T) {
 	require.Eventually(t, func() bool { return strings.Contains(d.log.String(), "probe: close() called") }, 10*time.Second, 10*time.Millisecond)
 	assert.Len(t, d.workerPids(t), 1)
 }
+
+// TestSystemdSocket starts the daemon as systemd socket activation does:
+// the socket on fd 3, LISTEN_FDS=1 and LISTEN_PID naming the daemon.
+func TestSystemdSocket(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	f, err := l.(*net.TCPListener).File()
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	// sh replaces itself with wsgibridge, so $$ is the daemon's pid.
+	d := &daemon{cmd: exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" fastcgi --chdir "$1" probe`, binary, appsDir(t)),
+		log: &syncBuffer{}, exited: make(chan struct{})}
+	d.cmd.ExtraFiles = []*os.File{f}
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	require.NoError(t, d.cmd.Start())
+	f.Close()
+	go func() {
+		d.err = d.cmd.Wait()
+		close(d.exited)
+	}()
+	defer d.stop(t, syscall.SIGTERM)
+	require.Eventually(t, func() bool { return strings.Contains(d.log.String(), "serving FastCGI") }, 30*time.Second, 10*time.Millisecond, d.log.String())
+	out := cgiFcgi(t, addr, "GET", "/hello", "")
+	assert.True(t, strings.HasSuffix(out, "Hello, world!"), out)
+}
+
+func TestDaemonImportFailureExits3(t *testing.T) {
+	for _, mode := range []string{"fastcgi", "http"} {
+		cmd := exec.Command(binary, mode, "--bind", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--chdir", t.TempDir(), "mysite.wsgi")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, mode)
+		assert.Equal(t, 3, ee.ExitCode(), mode)
+		assert.Contains(t, string(out), "app 'mysite.wsgi' failed to import: ModuleNotFoundError: No module named 'mysite'", mode)
+	}
+}
