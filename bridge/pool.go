@@ -570,6 +570,19 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	}
 }
 
+// AppFiles returns the app's own source files, as the workers of the
+// current generation reported them.
+func (p *Pool) AppFiles() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for m := range p.members {
+		if m.gen == p.gen {
+			return m.w.AppFiles()
+		}
+	}
+	return nil
+}
+
 // Stats returns how many workers are ready, idle and waited for, and the
 // workers' pids.
 func (p *Pool) Stats() PoolStats {

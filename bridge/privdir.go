@@ -25,7 +25,7 @@ func PrivateDir() (string, error) {
 	candidates = append(candidates, filepath.Join(os.TempDir(), "wsgibridge-"+strconv.Itoa(os.Geteuid())))
 	var errs []error
 	for _, dir := range candidates {
-		err := ensurePrivate(dir)
+		err := EnsurePrivate(dir)
 		if err == nil {
 			return dir, nil
 		}
@@ -34,7 +34,10 @@ func PrivateDir() (string, error) {
 	return "", fmt.Errorf("bridge: no private folder: %v", errs)
 }
 
-func ensurePrivate(dir string) error {
+// EnsurePrivate creates dir (mode 0700) if it is missing, and returns an
+// error unless it is a folder, not a symlink, owned by the current user and
+// closed to everyone else.
+func EnsurePrivate(dir string) error {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return err
 	}

@@ -14,7 +14,7 @@ import (
 func TestEnsurePrivate(t *testing.T) {
 	base := t.TempDir()
 	ok := filepath.Join(base, "a", "ok")
-	require.NoError(t, ensurePrivate(ok), "created with its parents")
+	require.NoError(t, EnsurePrivate(ok), "created with its parents")
 	fi, err := os.Stat(ok)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
@@ -22,15 +22,15 @@ func TestEnsurePrivate(t *testing.T) {
 	open := filepath.Join(base, "open")
 	require.NoError(t, os.Mkdir(open, 0o755))
 	require.NoError(t, os.Chmod(open, 0o755))
-	assert.ErrorContains(t, ensurePrivate(open), "open to other users")
+	assert.ErrorContains(t, EnsurePrivate(open), "open to other users")
 
 	link := filepath.Join(base, "link")
 	require.NoError(t, os.Symlink(ok, link))
-	assert.ErrorContains(t, ensurePrivate(link), "is not a folder")
+	assert.ErrorContains(t, EnsurePrivate(link), "is not a folder")
 
 	file := filepath.Join(base, "file")
 	require.NoError(t, os.WriteFile(file, nil, 0o600))
-	assert.Error(t, ensurePrivate(file))
+	assert.Error(t, EnsurePrivate(file))
 }
 
 func TestPrivateDirFallsBack(t *testing.T) {

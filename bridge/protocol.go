@@ -16,8 +16,8 @@ package bridge
 // body). E is always sent, also when the response ended before the body did,
 // so the worker knows where the next request starts.
 //
-// Worker -> bridge: Y (ready) or I (import failed, payload: what failed) once
-// after start; then per request H (the CGI header block, "Status:" first),
+// Worker -> bridge: Y (ready; payload: the app's own source files, one per
+// line) or I (import failed, payload: what failed) once after start; then per request H (the CGI header block, "Status:" first),
 // D (body bytes, flag flushData when the client should get them now), L (a
 // log line, flags give the level), and one F (finished; flag finishedAppError
 // when the worker made a 500 page for an app error) or X (aborted after the
@@ -65,10 +65,11 @@ const (
 // Limits on what the worker may send; both are far above what a valid
 // worker sends (32 KiB of headers, 1 MiB per body frame).
 const (
-	maxHeadFrame = 64 << 10
-	maxDataFrame = 1 << 20
-	maxLogFrame  = 64 << 10
-	bodyChunk    = 64 << 10
+	maxHeadFrame  = 64 << 10
+	maxDataFrame  = 1 << 20
+	maxLogFrame   = 64 << 10
+	maxFilesFrame = 4 << 20
+	bodyChunk     = 64 << 10
 )
 
 // errProtocol is returned, wrapped, when the worker sends a frame the

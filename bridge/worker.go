@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -123,6 +124,9 @@ type Worker struct {
 	buf    []byte
 	nextID uint16
 	ready  bool
+	// appFiles are the app's own source files, as the worker reported
+	// them when ready.
+	appFiles []string
 
 	exited  chan struct{}
 	waitErr error
@@ -208,6 +212,11 @@ func Start(cfg Config) (*Worker, error) {
 	return w, nil
 }
 
+// AppFiles returns the source files of the modules the app imported from
+// its own folders (working directory, PythonPath, the app file's folder);
+// valid once Ready has returned.
+func (w *Worker) AppFiles() []string { return w.appFiles }
+
 // Pid returns the worker's process id.
 func (w *Worker) Pid() int { return w.pid }
 
@@ -228,6 +237,13 @@ func (w *Worker) Ready(ctx context.Context) error {
 	}
 	switch h.kind {
 	case frameReady:
+		files, err := w.readPayload(h.size, maxFilesFrame)
+		if err != nil {
+			return err
+		}
+		if len(files) > 0 {
+			w.appFiles = strings.Split(string(files), "\n")
+		}
 		w.ready = true
 		return nil
 	case frameImportFailed:

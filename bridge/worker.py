@@ -17,8 +17,9 @@ From Go: R (request: a marshal'd dict of str->str, the CGI environ), then
 B (body bytes) frames and exactly one E (end of body). The worker must read
 up to E before the next R, even if the app did not read the body.
 
-To Go: Y (ready, once, after the app imported) or I (import failed, then
-exit), then per request: H (the CGI header block, "Status:" line first),
+To Go: Y (ready, once, after the app imported; payload: the app's own
+source files, one per line, so the bridge can reload when they change) or
+I (import failed, then exit), then per request: H (the CGI header block, "Status:" line first),
 D (body bytes; flag FLUSH when the app yielded it from a generator, so it
 reaches the client now), L (a message for the bridge's log) and one F
 (finished) or X (aborted after headers were sent).
@@ -470,6 +471,22 @@ def load_app(spec):
     return app
 
 
+def app_files(spec, pythonpath):
+    """The source files of the modules imported from the app's own folders:
+    the working directory, --pythonpath and the app file's folder."""
+    target = spec.rpartition(":")[0] or spec
+    roots = [os.getcwd()] + [os.path.abspath(d) for d in pythonpath]
+    if target.endswith(".py") or os.sep in target:
+        roots.append(os.path.dirname(os.path.abspath(target)))
+    roots = tuple(os.path.join(r, "") for r in roots)
+    files = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and path.endswith(".py") and os.path.abspath(path).startswith(roots):
+            files.add(os.path.abspath(path))
+    return sorted(files)
+
+
 def main(argv):
     spec, pythonpath = argv[0], argv[1:]
     sys.argv = ["wsgibridge"]
@@ -493,7 +510,8 @@ def main(argv):
         out.write(HEADER.pack(IMPORT_FAILED, 0, 0, len(data)) + data)
         out.flush()
         return 3
-    out.write(HEADER.pack(READY, 0, 0, 0))
+    files = "\n".join(app_files(spec, pythonpath)).encode("utf-8", "surrogateescape")
+    out.write(HEADER.pack(READY, 0, 0, len(files)) + files)
     out.flush()
     while True:
         head = rin.read(8)

@@ -606,6 +606,21 @@ func TestAppSpecs(t *testing.T) {
 	}
 }
 
+func TestAppFiles(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "pkg"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "pkg", "__init__.py"), nil, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "pkg", "helper.py"), []byte("X = 1\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "mysite.py"), []byte("import json, pkg.helper\ndef application(e, s):\n    s('200 OK', [])\n    return []\n"), 0o644))
+	w, err := Start(Config{App: "mysite", Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	defer w.Close(time.Second)
+	require.NoError(t, w.Ready(context.Background()))
+	assert.ElementsMatch(t, []string{
+		filepath.Join(dir, "mysite.py"), filepath.Join(dir, "pkg", "__init__.py"), filepath.Join(dir, "pkg", "helper.py"),
+	}, w.AppFiles(), "the app's own files, not the standard library's")
+}
+
 func TestPythonNotFound(t *testing.T) {
 	_, err := Start(Config{App: "x", Python: "/nonexistent/python3"})
 	require.Error(t, err)

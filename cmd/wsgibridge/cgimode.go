@@ -26,6 +26,9 @@ func runCGIFlags(args, environ []string, stdin io.Reader, stdout io.Writer, stde
 	var s settings
 	appFlags(fs, &s)
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&s.pool, "pool", "", "hand the request to the wsgibridge fastcgi daemon at unix:PATH (or auto: a socket in a private folder); if it cannot be reached, serve one-shot")
+	fs.BoolVar(&s.spawn, "spawn", false, "start the --pool daemon when nothing answers there (implies --pool auto)")
+	fs.DurationVar(&s.idleTimeout, "idle-timeout", 10*time.Minute, "a daemon started by --spawn exits after this long without requests")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: wsgibridge cgi [flags] APP\n\nflags:\n")
 		fs.PrintDefaults()
@@ -50,7 +53,10 @@ func runCGIFlags(args, environ []string, stdin io.Reader, stdout io.Writer, stde
 		return runScript(fs.Arg(0), environ, stdin, stdout, stderr)
 	}
 	s.app = fs.Arg(0)
-	return serveCGI(s, newLogger(stderr, lvl, false), environ, stdin, stdout, stderr)
+	if s.spawn && s.pool == "" {
+		s.pool = "auto"
+	}
+	return serveCGI(s, "", newLogger(stderr, lvl, false), environ, stdin, stdout, stderr)
 }
 
 func runScript(path string, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
@@ -63,7 +69,10 @@ func runScript(path string, environ []string, stdin io.Reader, stdout io.Writer,
 		}
 		return exitUsage
 	}
-	return serveCGI(s, log, environ, stdin, stdout, stderr)
+	if s.idleTimeout == 0 {
+		s.idleTimeout = 10 * time.Minute
+	}
+	return serveCGI(s, path, log, environ, stdin, stdout, stderr)
 }
 
 func hasVar(environ []string, name string) bool {
@@ -75,8 +84,10 @@ func hasVar(environ []string, name string) bool {
 	return false
 }
 
-// serveCGI serves the one request of this process.
-func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
+// serveCGI serves the one request of this process: through the pool when
+// one is set and can be reached, else one-shot. script is the script
+// file's path, if the settings came from one.
+func serveCGI(s settings, script string, log *slog.Logger, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
 	req, err := cgi.ReadRequest(environ, stdin, lookup(environ, "TMPDIR"))
 	if errors.Is(err, cgi.ErrNotCGI) {
 		fmt.Fprintf(stderr, "wsgibridge cgi: REQUEST_METHOD is not set: this mode serves one request for a web server,\n"+
@@ -93,6 +104,18 @@ func serveCGI(s settings, log *slog.Logger, environ []string, stdin io.Reader, s
 	// The web server sends SIGTERM when it gives up on us (its Timeout).
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
+
+	if s.pool != "" {
+		served, err := handOff(ctx, s, script, environ, req, stdout, stderr, log)
+		if served {
+			if err != nil {
+				log.Error("request failed in the pool", "method", lookup(environ, "REQUEST_METHOD"), "uri", lookup(environ, "REQUEST_URI"), "err", err)
+				return exitFailed
+			}
+			return exitOK
+		}
+		log.Warn("the pool could not be used; serving this request one-shot", "pool", s.pool, "err", err)
+	}
 
 	rw := cgi.NewResponseWriter(stdout)
 	cacheDir, err := bridge.PrivateDir()

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,17 +21,19 @@ import (
 
 // daemonFlags are the flags of the modes that keep a pool of workers.
 type daemonFlags struct {
-	s             settings
-	workers       int
-	backlog       int
-	timeout       time.Duration
-	importTimeout time.Duration
-	graceful      time.Duration
-	maxRequests   int
-	jitter        int
-	mount         string
-	accessLog     bool
-	logLevel      string
+	s              settings
+	workers        int
+	backlog        int
+	timeout        time.Duration
+	importTimeout  time.Duration
+	graceful       time.Duration
+	maxRequests    int
+	jitter         int
+	mount          string
+	accessLog      bool
+	logLevel       string
+	idleTimeout    time.Duration
+	reloadOnChange bool
 }
 
 func (d *daemonFlags) register(fs *flag.FlagSet) {
@@ -42,7 +45,9 @@ func (d *daemonFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&d.graceful, "graceful-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
 	fs.IntVar(&d.maxRequests, "max-requests", 0, "recycle a worker after this many requests; 0: never")
 	fs.IntVar(&d.jitter, "max-requests-jitter", 0, "add 0..N at random to --max-requests per worker, so they do not all restart at once")
-	fs.StringVar(&d.mount, "mount", "", "the app's mount point (SCRIPT_NAME), e.g. /blog; PATH_INFO is the request path below it")
+	fs.StringVar(&d.mount, "mount", "", `the app's mount point (SCRIPT_NAME), e.g. /blog; PATH_INFO is the request path below it; "keep": as the web server sent them`)
+	fs.DurationVar(&d.idleTimeout, "idle-timeout", 0, "exit after this long without requests; 0: never")
+	fs.BoolVar(&d.reloadOnChange, "reload-on-change", false, "before each request, reload the app if its source files changed")
 	fs.BoolVar(&d.accessLog, "access-log", false, "log one line per request (status, duration); failed requests are always logged")
 	fs.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
@@ -64,6 +69,10 @@ func (d *daemonFlags) setup(fs *flag.FlagSet, args []string, stderr io.Writer) (
 	}
 	if err := checkEnv(d.s.env); err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+		return nil, exitUsage
+	}
+	if d.mount != "" && d.mount != mountKeep && !strings.HasPrefix(d.mount, "/") {
+		fmt.Fprintf(stderr, "%s: --mount wants a path like /blog, or keep\n", fs.Name())
 		return nil, exitUsage
 	}
 	if d.workers < 1 || d.backlog < 0 {
@@ -116,13 +125,30 @@ func (d *daemonFlags) startPool(log *slog.Logger) (*bridge.Pool, int) {
 }
 
 // run serves until a signal: SIGTERM or SIGINT drain and stop (a second
-// one stops at once), SIGHUP reloads the app. serveErr reports the front
+// one stops at once), SIGHUP reloads the app; with --idle-timeout it also
+// stops after that long without requests. serveErr reports the front
 // stopping by itself; shutdown stops the front gracefully.
-func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, serveErr <-chan error, shutdown func(context.Context) error) int {
+func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, g *gateway, serveErr <-chan error, shutdown func(context.Context) error) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	var idle <-chan time.Time
+	if d.idleTimeout > 0 {
+		t := time.NewTicker(min(d.idleTimeout/4, time.Second))
+		defer t.Stop()
+		idle = t.C
+	}
 	for {
+		var sig os.Signal
+		select {
+		case <-idle:
+			if g.idleFor() < d.idleTimeout {
+				continue
+			}
+			log.Info("no requests for the idle timeout: stopping", "idle_timeout", d.idleTimeout)
+			return d.stop(log, pool, sigs, shutdown)
+		case sig = <-sigs:
+		}
 		select {
 		case err := <-serveErr:
 			log.Error("the server stopped", "err", err)
@@ -130,7 +156,7 @@ func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, serveErr <-chan e
 			_ = pool.Shutdown(ctx)
 			cancel()
 			return exitFailed
-		case sig := <-sigs:
+		default:
 			if sig == syscall.SIGHUP {
 				log.Info("reloading: starting fresh workers", "signal", sig.String())
 				go func() {
@@ -143,25 +169,31 @@ func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, serveErr <-chan e
 				continue
 			}
 			log.Info("stopping: finishing the requests in progress", "signal", sig.String(), "grace", d.graceful)
-			ctx, cancel := context.WithTimeout(context.Background(), d.graceful)
-			go func() {
-				for s := range sigs {
-					if s != syscall.SIGHUP {
-						log.Warn("second signal: stopping now", "signal", s.String())
-						cancel()
-						return
-					}
-				}
-			}()
-			ferr := shutdown(ctx)
-			perr := pool.Shutdown(ctx)
-			cancel()
-			if ferr != nil || perr != nil {
-				log.Warn("stopped before the requests in progress finished", "err", errors.Join(ferr, perr))
-			} else {
-				log.Info("stopped")
-			}
-			return exitOK
+			return d.stop(log, pool, sigs, shutdown)
 		}
 	}
+}
+
+// stop drains the front and the pool within --graceful-timeout; a
+// further SIGTERM or SIGINT cuts it short.
+func (d *daemonFlags) stop(log *slog.Logger, pool *bridge.Pool, sigs <-chan os.Signal, shutdown func(context.Context) error) int {
+	ctx, cancel := context.WithTimeout(context.Background(), d.graceful)
+	defer cancel()
+	go func() {
+		for s := range sigs {
+			if s != syscall.SIGHUP {
+				log.Warn("second signal: stopping now", "signal", s.String())
+				cancel()
+				return
+			}
+		}
+	}()
+	ferr := shutdown(ctx)
+	perr := pool.Shutdown(ctx)
+	if ferr != nil || perr != nil {
+		log.Warn("stopped before the requests in progress finished", "err", errors.Join(ferr, perr))
+	} else {
+		log.Info("stopped")
+	}
+	return exitOK
 }

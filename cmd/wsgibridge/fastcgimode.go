@@ -52,8 +52,9 @@ func runFastCGI(args []string, stderr io.Writer) int {
 		l.Close()
 		return code
 	}
+	g := newGateway(pool, &d, log)
 	srv := &fastcgi.Server{
-		Handler: &gateway{pool: pool, mount: d.mount, log: log, accessLog: d.accessLog},
+		Handler: g,
 		Logger:  log,
 		// The pool answers 503 when its queue is full; this cap bounds
 		// the requests the server holds at all (FCGI_OVERLOADED beyond).
@@ -62,5 +63,5 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
 	log.Info("serving FastCGI", "listen", l.Addr().String(), "app", d.s.app, "workers", pool.Stats().Pids)
-	return d.run(log, pool, serveErr, srv.Shutdown)
+	return d.run(log, pool, g, serveErr, srv.Shutdown)
 }

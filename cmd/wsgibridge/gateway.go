@@ -10,8 +10,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wsgibridge/wsgibridge/bridge"
@@ -21,9 +24,81 @@ import (
 // gateway serves requests from a front on the pool.
 type gateway struct {
 	pool      *bridge.Pool
-	mount     string
+	mount     string // mountKeep: as the server sent it
 	log       *slog.Logger
 	accessLog bool
+	watch     *codeWatch // nil: no reload on change
+
+	active   atomic.Int64
+	lastSeen atomic.Int64 // unix nanoseconds of the last request's start or end
+}
+
+// mountKeep as --mount takes SCRIPT_NAME and PATH_INFO as the web server
+// sent them (right for CGI hand-offs and carefully configured servers).
+const mountKeep = "keep"
+
+func newGateway(pool *bridge.Pool, d *daemonFlags, log *slog.Logger) *gateway {
+	g := &gateway{pool: pool, mount: d.mount, log: log, accessLog: d.accessLog}
+	if d.reloadOnChange {
+		g.watch = newCodeWatch(pool.AppFiles())
+	}
+	g.lastSeen.Store(time.Now().UnixNano())
+	return g
+}
+
+// idleFor returns how long no request has been in progress.
+func (g *gateway) idleFor() time.Duration {
+	if g.active.Load() > 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, g.lastSeen.Load()))
+}
+
+// codeWatch notices when the app's source files change.
+type codeWatch struct {
+	mu    sync.Mutex
+	mtime map[string]time.Time
+}
+
+func newCodeWatch(files []string) *codeWatch {
+	w := &codeWatch{}
+	w.snapshot(files)
+	return w
+}
+
+func (w *codeWatch) snapshot(files []string) {
+	w.mtime = map[string]time.Time{}
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil {
+			w.mtime[f] = fi.ModTime()
+		}
+	}
+}
+
+func (w *codeWatch) changed() string {
+	for f, t := range w.mtime {
+		if fi, err := os.Stat(f); err != nil || !fi.ModTime().Equal(t) {
+			return f
+		}
+	}
+	return ""
+}
+
+// check reloads the pool before a request if the app's code changed, so
+// the request runs the new code; requests wait while it reloads.
+func (g *gateway) check() {
+	w := g.watch
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f := w.changed()
+	if f == "" {
+		return
+	}
+	g.log.Info("the app's code changed: reloading", "file", f)
+	if err := g.pool.Reload(); err != nil {
+		g.log.Error("reload failed; the running workers stay", "err", err)
+	}
+	w.snapshot(g.pool.AppFiles())
 }
 
 var (
@@ -35,7 +110,17 @@ var (
 // cut short, which the front must make visible to the client.
 func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, rw bridge.ResponseWriter) (cutShort bool) {
 	start := time.Now()
-	env = bridge.Mount(env, g.mount)
+	g.active.Add(1)
+	defer func() {
+		g.lastSeen.Store(time.Now().UnixNano())
+		g.active.Add(-1)
+	}()
+	if g.watch != nil {
+		g.check()
+	}
+	if g.mount != mountKeep {
+		env = bridge.Mount(env, g.mount)
+	}
 	res, err := g.pool.Serve(ctx, &bridge.Request{Env: env, Body: body, BodyToEOF: chunked(env)}, rw)
 	if err != nil || g.accessLog {
 		var method, uri string

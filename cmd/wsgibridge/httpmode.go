@@ -39,8 +39,9 @@ func runHTTP(args []string, stderr io.Writer) int {
 		l.Close()
 		return code
 	}
+	g := newGateway(pool, &d, log)
 	srv := &http.Server{
-		Handler:           &gateway{pool: pool, mount: d.mount, log: log, accessLog: d.accessLog},
+		Handler:           g,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       75 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -52,5 +53,5 @@ func runHTTP(args []string, stderr io.Writer) int {
 		}
 	}()
 	log.Info("serving HTTP", "url", "http://"+l.Addr().String()+"/", "app", d.s.app, "workers", pool.Stats().Pids)
-	return d.run(log, pool, serveErr, srv.Shutdown)
+	return d.run(log, pool, g, serveErr, srv.Shutdown)
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // settings is what a mode needs to start the app, from flags or a script.
@@ -20,10 +21,15 @@ type settings struct {
 	chdir      string
 	pythonpath []string
 	env        []string
+	// CGI hand-off (handoff.go): the pool's socket, whether to start
+	// its daemon, and the daemon's idle timeout.
+	pool        string
+	spawn       bool
+	idleTimeout time.Duration
 }
 
 // scriptKeys lists the settings a script may hold, for error messages.
-const scriptKeys = "app, python, chdir, pythonpath, env"
+const scriptKeys = "app, python, chdir, pythonpath, env, pool, spawn, idle-timeout"
 
 // isScript reports whether path names a wsgibridge script: a file whose
 // first line is a "#!" line naming wsgibridge.
@@ -68,6 +74,9 @@ func readScript(path string) (settings, error) {
 	}
 	if strings.Contains(s.python, "/") {
 		s.python = rel(s.python)
+	}
+	if p, ok := strings.CutPrefix(s.pool, "unix:"); ok {
+		s.pool = "unix:" + rel(p)
 	}
 	return s, nil
 }
@@ -114,6 +123,26 @@ func parseScript(r io.Reader, name string) (settings, error) {
 				return s, fmt.Errorf("script %s: line %d: env wants NAME=value, got %q", name, n, value)
 			}
 			s.env = append(s.env, value)
+		case "pool":
+			if value != "auto" && !strings.HasPrefix(value, "unix:") {
+				return s, fmt.Errorf("script %s: line %d: pool wants unix:PATH or auto, got %q", name, n, value)
+			}
+			s.pool = value
+		case "spawn":
+			switch strings.ToLower(value) {
+			case "yes", "true", "on":
+				s.spawn = true
+			case "no", "false", "off":
+				s.spawn = false
+			default:
+				return s, fmt.Errorf("script %s: line %d: spawn wants yes or no, got %q", name, n, value)
+			}
+		case "idle-timeout":
+			d, err := time.ParseDuration(value)
+			if err != nil || d <= 0 {
+				return s, fmt.Errorf("script %s: line %d: idle-timeout wants a duration like 10m, got %q", name, n, value)
+			}
+			s.idleTimeout = d
 		default:
 			return s, fmt.Errorf("script %s: line %d: unknown setting %q (known: %s)", name, n, key, scriptKeys)
 		}
@@ -123,6 +152,9 @@ func parseScript(r io.Reader, name string) (settings, error) {
 	}
 	if s.app == "" {
 		return s, fmt.Errorf("script %s: no app setting (add a line like 'app = mysite.wsgi:application')", name)
+	}
+	if s.spawn && s.pool == "" {
+		s.pool = "auto"
 	}
 	return s, nil
 }
