@@ -30,6 +30,14 @@ test: deps
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
 
+# Benchmarks: the Go hot paths, then the side-by-side scripts in bench/
+# (they need Debian's wrk, hyperfine, uwsgi and uwsgi-plugin-python3 too).
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./fastcgi ./bridge
+	bench/cgi-cold.sh 40
+	bench/fastcgi-rps.sh 3
+	bench/cgi-apache.sh 3
+
 # A short run of each fuzz target (longer by hand: make fuzz FUZZTIME=10m).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalize$$' -fuzztime $(FUZZTIME) ./bridge
