@@ -625,3 +625,17 @@ func TestCapturedTraffic(t *testing.T) {
 		})
 	}
 }
+
+// TestStdinAfterItsEnd: STDIN for a request whose body has ended is
+// dropped, never added after the EOF the handler saw.
+func TestStdinAfterItsEnd(t *testing.T) {
+	ts := startServer(t, &echoHandler{}, nil)
+	c := ts.dial(t)
+	stream := fullRequest(1, flagKeepConn, "body", "REQUEST_METHOD", "POST")
+	stream = append(stream, appendRecord(nil, typeStdin, 1, []byte("smuggled"))...)
+	c.send(stream)
+	r := c.read(1)
+	assert.True(t, strings.HasSuffix(r.stdout[1], "body=body"), r.stdout[1])
+	c.send(fullRequest(1, 0, "next", "REQUEST_METHOD", "GET"))
+	assert.Contains(t, c.read(1).stdout[1], "body=next")
+}

@@ -391,6 +391,9 @@ func (c *conn) handleRecord(h header, content []byte) error {
 		if !r.started {
 			return fmt.Errorf("%w: STDIN before the end of params of request %d", errProtocol, h.id)
 		}
+		if ended, _ := r.body.Ended(); ended {
+			return nil // after its end, or after an abort: dropped
+		}
 		if len(content) == 0 {
 			r.body.CloseWrite(nil)
 			return nil

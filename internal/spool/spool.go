@@ -64,12 +64,18 @@ func (s *Spool) Fill(src io.Reader) {
 	}
 }
 
+// ErrEnded is returned by Write after CloseWrite.
+var ErrEnded = errors.New("spool: write after the end of the data")
+
 // Write adds p to the spool; it never waits for the reader.
 func (s *Spool) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return 0, os.ErrClosed
+	}
+	if s.err != nil {
+		return 0, ErrEnded
 	}
 	if s.file == nil && len(s.mem)+len(p) <= s.memLimit {
 		s.mem = append(s.mem, p...)

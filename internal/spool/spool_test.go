@@ -104,6 +104,8 @@ func TestWriteSide(t *testing.T) {
 	assert.False(t, ended)
 	s.CloseWrite(nil)
 	s.CloseWrite(errors.New("ignored: the first end counts"))
+	_, err := s.Write([]byte("late"))
+	assert.ErrorIs(t, err, ErrEnded)
 	b, err := io.ReadAll(s)
 	require.NoError(t, err)
 	assert.Equal(t, "abcdefghij", string(b))
