@@ -183,7 +183,7 @@ func ensureDaemon(sock string, s settings, script string, environ []string, log 
 			return c, nil
 		}
 	}
-	if pid, _, ok := readStamp(sock); ok {
+	if pid, _, ok := readStamp(sock); ok && isDaemonOf(pid, sock) {
 		log.Info("replacing the pool daemon (its script changed, or it does not answer)", "pid", pid)
 		stopDaemon(pid)
 	}
@@ -236,6 +236,16 @@ func scriptMtime(script string) int64 {
 func current(sock, script string) bool {
 	_, mtime, ok := readStamp(sock)
 	return ok && mtime == scriptMtime(script)
+}
+
+// isDaemonOf reports whether pid is a wsgibridge daemon serving sock: a
+// stamp can outlive its daemon, and the kernel reuses pids.
+func isDaemonOf(pid int, sock string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(b), "\x00unix:"+sock+"\x00")
 }
 
 // stopDaemon stops a daemon gracefully and waits a little for it to go.

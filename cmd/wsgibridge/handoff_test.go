@@ -238,3 +238,11 @@ func TestRelayDaemonGone(t *testing.T) {
 		t.Fatal("the relay hung on a closed connection")
 	}
 }
+
+func TestIsDaemonOf(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--chdir", appsDir(t), "probe")
+	assert.True(t, isDaemonOf(d.cmd.Process.Pid, sock))
+	assert.False(t, isDaemonOf(d.cmd.Process.Pid, sock+"x"), "another pool's socket")
+	assert.False(t, isDaemonOf(os.Getpid(), sock), "a process that is not the daemon (a reused pid)")
+}
