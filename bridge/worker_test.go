@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -619,6 +621,32 @@ func TestAppFiles(t *testing.T) {
 	assert.ElementsMatch(t, []string{
 		filepath.Join(dir, "mysite.py"), filepath.Join(dir, "pkg", "__init__.py"), filepath.Join(dir, "pkg", "helper.py"),
 	}, w.AppFiles(), "the app's own files, not the standard library's")
+}
+
+// TestWorkerStartsLight guards cold-start cost (a CGI request pays it every
+// time): on the way to serving a request the worker imports no module that
+// costs milliseconds (the signal module alone, via enum, costs 4 ms).
+func TestWorkerStartsLight(t *testing.T) {
+	dir := t.TempDir()
+	app := "import sys\ndef application(e, s):\n    s('200 OK', [])\n    return ['\\n'.join(sorted(sys.modules)).encode()]\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "light.py"), []byte(app), 0o644))
+	w, err := Start(Config{App: "light", Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	defer w.Close(time.Second)
+	rec := &recorder{}
+	_, err = w.Serve(context.Background(), &Request{Env: env("/")}, rec)
+	require.NoError(t, err)
+	modules := strings.Split(rec.body.String(), "\n")
+	// What the interpreter loads by itself (site hooks may load plenty)
+	// is not the worker's doing.
+	out, err := exec.Command("python3", "-c", "import sys; print('\\n'.join(sys.modules))").Output()
+	require.NoError(t, err)
+	baseline := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, heavy := range []string{"enum", "signal", "re", "traceback", "importlib.util"} {
+		if !slices.Contains(baseline, heavy) {
+			assert.NotContains(t, modules, heavy)
+		}
+	}
 }
 
 func TestPythonNotFound(t *testing.T) {
