@@ -246,3 +246,45 @@ func TestIsDaemonOf(t *testing.T) {
 	assert.False(t, isDaemonOf(d.cmd.Process.Pid, sock+"x"), "another pool's socket")
 	assert.False(t, isDaemonOf(os.Getpid(), sock), "a process that is not the daemon (a reused pid)")
 }
+
+// TestRelayPassesStderr: what the daemon writes on FCGI_STDERR reaches our
+// stderr (the web server's error log), and FCGI_STDOUT our stdout.
+func TestRelayPassesStderr(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "stderr.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		// Read the request up to its empty FCGI_STDIN, then answer.
+		var got []byte
+		buf := make([]byte, 4096)
+		for !bytes.Contains(got, fcgiRecord(5, 1, nil)) {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			got = append(got, buf[:n]...)
+		}
+		out := fcgiRecord(7, 1, []byte("a warning from the daemon\n"))
+		out = append(out, fcgiRecord(6, 1, []byte("Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nok"))...)
+		out = append(out, fcgiRecord(6, 1, nil)...)
+		out = append(out, fcgiRecord(3, 1, make([]byte, 8))...)
+		_, _ = c.Write(out)
+	}()
+	conn, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	defer conn.Close()
+	env := []string{"REQUEST_METHOD=GET", "SERVER_PROTOCOL=HTTP/1.1"}
+	req, err := cgi.ReadRequest(env, strings.NewReader(""), t.TempDir())
+	require.NoError(t, err)
+	var out, errOut bytes.Buffer
+	err = relay(conn, env, req, &out, &errOut)
+	assert.Equal(t, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nok", out.String())
+	assert.Contains(t, errOut.String(), "a warning from the daemon")
+	assert.ErrorContains(t, err, "a warning from the daemon", "the relay reports what the daemon said on stderr")
+}
