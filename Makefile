@@ -2,20 +2,25 @@
 
 GO ?= go
 BIN := bin/wsgibridge
-# What the tests need from Debian (the end-to-end tests use real servers).
+# What the tests need from Debian (the end-to-end tests use real servers),
+# and what the benchmarks need besides.
 DEBIAN_PACKAGES := apache2 nginx python3 python3-flask python3-django libfcgi-bin
+BENCH_PACKAGES := wrk hyperfine uwsgi uwsgi-plugin-python3 gunicorn
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZTIME ?= 10s
 
-.PHONY: build test demo deps fuzz bench clean
+.PHONY: build test demo deps install-packages fuzz bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/wsgibridge
 
 # Installs the Debian packages the tests and the demo need, when missing.
 deps:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEBIAN_PACKAGES)"
+
+install-packages:
 	@missing=""; \
-	for p in $(DEBIAN_PACKAGES); do \
+	for p in $(PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -33,9 +38,9 @@ test: deps
 # Benchmarks: the Go hot paths, then the side-by-side scripts in bench/
 # (they need Debian's wrk, hyperfine, uwsgi and uwsgi-plugin-python3 too).
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./fastcgi ./bridge
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(BENCH_PACKAGES)"
+	bench/run.py --rounds 5 --seconds 10 --out bench/REPORT.md
 	bench/cgi-cold.sh 40
-	bench/fastcgi-rps.sh 3
 	bench/cgi-apache.sh 3
 
 # A short run of each fuzz target (longer by hand: make fuzz FUZZTIME=10m).
