@@ -639,3 +639,48 @@ func TestStdinAfterItsEnd(t *testing.T) {
 	c.send(fullRequest(1, 0, "next", "REQUEST_METHOD", "GET"))
 	assert.Contains(t, c.read(1).stdout[1], "body=next")
 }
+
+// TestSlowRequestDoesNotBlockItsConnection: while a request whose whole
+// input has come runs long, a later request on the same connection is
+// answered, and an abort of the slow one is seen.
+func TestSlowRequestDoesNotBlockItsConnection(t *testing.T) {
+	h := &echoHandler{gates: map[string]chan struct{}{"slow": make(chan struct{}), "never": make(chan struct{})}}
+	ts := startServer(t, h, nil)
+	c := ts.dial(t)
+	c.send(fullRequest(1, flagKeepConn, "", "WAIT", "slow"))
+	time.Sleep(50 * time.Millisecond) // request 1 is running, alone
+	c.send(fullRequest(2, flagKeepConn, "second", "REQUEST_METHOD", "GET"))
+	r := c.read(1)
+	require.Contains(t, r.ends, uint16(2), "request 2 is answered while request 1 runs")
+	assert.Contains(t, r.stdout[2], "body=second")
+	close(h.gates["slow"])
+	assert.Contains(t, c.read(1).ends, uint16(1))
+
+	c.send(fullRequest(3, flagKeepConn, "", "WAIT", "never"))
+	time.Sleep(50 * time.Millisecond)
+	c.send(appendRecord(nil, typeAbortRequest, 3, nil))
+	r = c.read(1)
+	assert.Contains(t, r.ends, uint16(3), "the abort of the running request is seen")
+	c.send(fullRequest(1, 0, "after", "REQUEST_METHOD", "GET"))
+	assert.Contains(t, c.read(1).stdout[1], "body=after")
+}
+
+// TestClosedConnectionCancelsRequest: a connection closed while its
+// request runs cancels the request.
+func TestClosedConnectionCancelsRequest(t *testing.T) {
+	canceled := make(chan error, 1)
+	ts := startServer(t, HandlerFunc(func(ctx context.Context, w *ResponseWriter, r *Request) {
+		<-ctx.Done()
+		canceled <- context.Cause(ctx)
+	}), nil)
+	c := ts.dial(t)
+	c.send(fullRequest(1, flagKeepConn, "", "REQUEST_METHOD", "GET"))
+	time.Sleep(50 * time.Millisecond)
+	c.nc.Close()
+	select {
+	case err := <-canceled:
+		assert.ErrorIs(t, err, ErrConnClosed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request was not canceled when its connection closed")
+	}
+}
