@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -50,6 +51,34 @@ func (d *daemonFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&d.reloadOnChange, "reload-on-change", false, "before each request, reload the app if its source files changed")
 	fs.BoolVar(&d.accessLog, "access-log", false, "log one line per request (status, duration); failed requests are always logged")
 	fs.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// newFlagSet returns the flag set of a daemon mode with the pool flags
+// registered; the mode adds its own.
+func (d *daemonFlags) newFlagSet(mode string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("wsgibridge "+mode, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	d.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: wsgibridge %s [flags] APP|SCRIPT\n\nflags:\n", mode)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// serve starts the pool, starts the front with the gateway to it, and
+// runs the signal loop until the daemon stops. front starts serving in the
+// background and returns a channel that reports it stopping by itself, and
+// its graceful stop. l is closed if the pool cannot start.
+func (d *daemonFlags) serve(log *slog.Logger, l net.Listener, front func(*gateway) (<-chan error, func(context.Context) error)) int {
+	pool, code := d.startPool(log)
+	if code != exitOK {
+		l.Close()
+		return code
+	}
+	g := newGateway(pool, d, log)
+	serveErr, shutdown := front(g)
+	return d.run(log, pool, g, serveErr, shutdown)
 }
 
 // setup parses the flags and the app argument (an app or a script file)

@@ -35,7 +35,15 @@ type syncBuffer = testutil.SyncBuffer
 // stops it by PID (SIGTERM, then SIGKILL) when the test ends.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{cmd: exec.Command(binary, args...), log: &syncBuffer{}, exited: make(chan struct{})}
+	return startDaemonCmd(t, exec.Command(binary, args...))
+}
+
+// startDaemonCmd is startDaemon for a command prepared by the test (an
+// inherited socket, a wrapper).
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *daemon {
+	t.Helper()
+	args := cmd.Args[1:]
+	d := &daemon{cmd: cmd, log: &syncBuffer{}, exited: make(chan struct{})}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	require.NoError(t, d.cmd.Start())
 	go func() {

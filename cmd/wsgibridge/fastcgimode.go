@@ -3,7 +3,7 @@ package main
 // This file is "wsgibridge fastcgi": a FastCGI daemon in front of a pool.
 
 import (
-	"flag"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -14,16 +14,10 @@ import (
 )
 
 func runFastCGI(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("wsgibridge fastcgi", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var d daemonFlags
-	d.register(fs)
+	fs := d.newFlagSet("fastcgi", stderr)
 	bind := fs.String("bind", "", "where to listen: HOST:PORT, [::1]:PORT or unix:PATH; without it, a socket inherited on fd 0 (mod_fcgid, spawn-fcgi) or from systemd")
 	socketMode := fs.String("socket-mode", "0660", "file mode of a unix socket")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: wsgibridge fastcgi [flags] APP|SCRIPT\n\nflags:\n")
-		fs.PrintDefaults()
-	}
 	log, code := d.setup(fs, args, stderr)
 	if code != exitOK {
 		return code
@@ -47,21 +41,17 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	if tcp, ok := l.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
 		log.Warn("FastCGI has no authentication: anyone who reaches this address can send requests; prefer 127.0.0.1 or a unix socket", "bind", l.Addr().String())
 	}
-	pool, code := d.startPool(log)
-	if code != exitOK {
-		l.Close()
-		return code
-	}
-	g := newGateway(pool, &d, log)
-	srv := &fastcgi.Server{
-		Handler: g,
-		Logger:  log,
-		// The pool answers 503 when its queue is full; this cap bounds
-		// the requests the server holds at all (FCGI_OVERLOADED beyond).
-		MaxRequests: max(1024, 2*(d.workers+d.backlog)),
-	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(l) }()
-	log.Info("serving FastCGI", "listen", l.Addr().String(), "app", d.s.app, "workers", pool.Stats().Pids)
-	return d.run(log, pool, g, serveErr, srv.Shutdown)
+	return d.serve(log, l, func(g *gateway) (<-chan error, func(context.Context) error) {
+		srv := &fastcgi.Server{
+			Handler: g,
+			Logger:  log,
+			// The pool answers 503 when its queue is full; this cap bounds
+			// the requests the server holds at all (FCGI_OVERLOADED beyond).
+			MaxRequests: max(1024, 2*(d.workers+d.backlog)),
+		}
+		serveErr := make(chan error, 1)
+		go func() { serveErr <- srv.Serve(l) }()
+		log.Info("serving FastCGI", "listen", l.Addr().String(), "app", d.s.app, "workers", g.pool.Stats().Pids)
+		return serveErr, srv.Shutdown
+	})
 }

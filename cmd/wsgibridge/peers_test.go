@@ -86,17 +86,10 @@ func TestInheritedSocket(t *testing.T) {
 	require.NoError(t, err)
 	ul.SetUnlinkOnClose(false) // the daemon listens on the socket file now
 	l.Close()
-	d := &daemon{cmd: exec.Command(binary, "fastcgi", "--chdir", appsDir(t), "probe"), log: &syncBuffer{}, exited: make(chan struct{})}
-	d.cmd.Stdin = f
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	require.NoError(t, d.cmd.Start())
+	cmd := exec.Command(binary, "fastcgi", "--chdir", appsDir(t), "probe")
+	cmd.Stdin = f
+	startDaemonCmd(t, cmd)
 	f.Close()
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.exited)
-	}()
-	defer d.stop(t, syscall.SIGTERM)
-	require.Eventually(t, func() bool { return strings.Contains(d.log.String(), "serving FastCGI") }, 30*time.Second, 10*time.Millisecond, d.log.String())
 
 	cl, err := gofast.SimpleClientFactory(gofast.SimpleConnFactory("unix", sock))()
 	require.NoError(t, err)
@@ -407,18 +400,10 @@ func TestSystemdSocket(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	// sh replaces itself with wsgibridge, so $$ is the daemon's pid.
-	d := &daemon{cmd: exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" fastcgi --chdir "$1" probe`, binary, appsDir(t)),
-		log: &syncBuffer{}, exited: make(chan struct{})}
-	d.cmd.ExtraFiles = []*os.File{f}
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	require.NoError(t, d.cmd.Start())
+	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" fastcgi --chdir "$1" probe`, binary, appsDir(t))
+	cmd.ExtraFiles = []*os.File{f}
+	startDaemonCmd(t, cmd)
 	f.Close()
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.exited)
-	}()
-	defer d.stop(t, syscall.SIGTERM)
-	require.Eventually(t, func() bool { return strings.Contains(d.log.String(), "serving FastCGI") }, 30*time.Second, 10*time.Millisecond, d.log.String())
 	out := cgiFcgi(t, addr, "GET", "/hello", "")
 	assert.True(t, strings.HasSuffix(out, "Hello, world!"), out)
 }
