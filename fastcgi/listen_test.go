@@ -4,7 +4,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -47,4 +49,21 @@ func TestListenTCP(t *testing.T) {
 	}
 	_, err := Listen("127.0.0.1:99999", 0)
 	assert.ErrorContains(t, err, "fastcgi: listen on 127.0.0.1:99999")
+}
+
+func TestAllowedAddrs(t *testing.T) {
+	allowed, err := ParseAddrs(" 127.0.0.2, ::1 ")
+	require.NoError(t, err)
+	ts := startServer(t, &echoHandler{}, func(s *Server) { s.AllowedAddrs = allowed })
+	c := ts.dial(t) // from 127.0.0.1: not in the list
+	assert.True(t, c.isClosed())
+	assert.Eventually(t, func() bool { return strings.Contains(ts.logString(), "not in FCGI_WEB_SERVER_ADDRS") }, 5*time.Second, 10*time.Millisecond)
+
+	allowed, err = ParseAddrs("127.0.0.1")
+	require.NoError(t, err)
+	ts = startServer(t, &echoHandler{}, func(s *Server) { s.AllowedAddrs = allowed })
+	ts.healthy(t)
+
+	_, err = ParseAddrs("127.0.0.1,example.org")
+	assert.ErrorContains(t, err, "FCGI_WEB_SERVER_ADDRS")
 }

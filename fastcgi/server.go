@@ -12,8 +12,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +101,11 @@ type Server struct {
 	// IdleTimeout limits how long a kept connection may wait for its next
 	// request. Default 75 s.
 	IdleTimeout time.Duration
+	// AllowedAddrs, when not empty, lists the only addresses a TCP
+	// connection may come from (FCGI_WEB_SERVER_ADDRS, section 3.2 of the
+	// spec); others are closed at once and logged. Unix sockets are
+	// guarded by their file mode instead.
+	AllowedAddrs []netip.Addr
 
 	mu         sync.Mutex
 	listeners  map[net.Listener]struct{}
@@ -174,6 +181,12 @@ func (s *Server) Serve(l net.Listener) error {
 			continue
 		}
 		backoff = 0
+		if !s.allowed(nc) {
+			s.Logger.Warn("fastcgi: connection refused: its address is not in FCGI_WEB_SERVER_ADDRS", "peer", nc.RemoteAddr().String())
+			nc.Close()
+			<-s.slots
+			continue
+		}
 		c := s.newConn(nc)
 		if c == nil {
 			<-s.slots
@@ -181,6 +194,39 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		go c.serve()
 	}
+}
+
+// allowed reports whether a connection may be served (AllowedAddrs).
+func (s *Server) allowed(nc net.Conn) bool {
+	tcp, ok := nc.RemoteAddr().(*net.TCPAddr)
+	if len(s.AllowedAddrs) == 0 || !ok {
+		return true
+	}
+	addr, _ := netip.AddrFromSlice(tcp.IP)
+	addr = addr.Unmap()
+	for _, a := range s.AllowedAddrs {
+		if a.Unmap() == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseAddrs parses FCGI_WEB_SERVER_ADDRS: IP addresses separated by
+// commas.
+func ParseAddrs(list string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("fastcgi: FCGI_WEB_SERVER_ADDRS: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {

@@ -38,8 +38,14 @@ func runFastCGI(args []string, stderr io.Writer) int {
 		log.Error("cannot listen", "err", err)
 		return exitFailed
 	}
-	if tcp, ok := l.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
-		log.Warn("FastCGI has no authentication: anyone who reaches this address can send requests; prefer 127.0.0.1 or a unix socket", "bind", l.Addr().String())
+	allowed, err := fastcgi.ParseAddrs(os.Getenv("FCGI_WEB_SERVER_ADDRS"))
+	if err != nil {
+		l.Close()
+		log.Error("bad setting", "err", err)
+		return exitUsage
+	}
+	if tcp, ok := l.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && len(allowed) == 0 {
+		log.Warn("FastCGI has no authentication: anyone who reaches this address can send requests; prefer 127.0.0.1, a unix socket, or FCGI_WEB_SERVER_ADDRS", "bind", l.Addr().String())
 	}
 	return d.serve(log, l, func(g *gateway) (<-chan error, func(context.Context) error) {
 		srv := &fastcgi.Server{
@@ -47,7 +53,8 @@ func runFastCGI(args []string, stderr io.Writer) int {
 			Logger:  log,
 			// The pool answers 503 when its queue is full; this cap bounds
 			// the requests the server holds at all (FCGI_OVERLOADED beyond).
-			MaxRequests: max(1024, 2*(d.workers+d.backlog)),
+			MaxRequests:  max(1024, 2*(d.workers+d.backlog)),
+			AllowedAddrs: allowed,
 		}
 		serveErr := make(chan error, 1)
 		go func() { serveErr <- srv.Serve(l) }()
