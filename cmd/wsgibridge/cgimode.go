@@ -29,6 +29,7 @@ func runCGIFlags(args, environ []string, stdin io.Reader, stdout io.Writer, stde
 	fs.StringVar(&s.pool, "pool", "", "hand the request to the wsgibridge fastcgi daemon at unix:PATH (or auto: a socket in a private folder); if it cannot be reached, serve one-shot")
 	fs.BoolVar(&s.spawn, "spawn", false, "start the --pool daemon when nothing answers there (implies --pool auto)")
 	fs.DurationVar(&s.idleTimeout, "idle-timeout", 10*time.Minute, "a daemon started by --spawn exits after this long without requests")
+	fs.IntVar(&s.workers, "workers", 0, "Python workers of a daemon started by --spawn (default 2)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: wsgibridge cgi [flags] APP\n\nflags:\n")
 		fs.PrintDefaults()

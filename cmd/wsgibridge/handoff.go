@@ -276,6 +276,9 @@ func spawnDaemon(sock string, s settings, script string, environ []string) (int,
 	for _, e := range s.env {
 		args = append(args, "--env", e)
 	}
+	if s.workers > 0 {
+		args = append(args, "--workers", strconv.Itoa(s.workers))
+	}
 	args = append(args, s.app)
 	logFile, err := os.OpenFile(sock+".log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {

@@ -49,7 +49,7 @@ func TestApacheHandOff(t *testing.T) {
 	changing := "def application(e, s):\n    s('200 OK', [('Content-Type', 'text/plain')])\n    return [b'%s']\n"
 	a := startApache(t, map[string]string{
 		"pooled":   "app = probe\nchdir = @DIR@/apps\npool = unix:@DIR@/run/pooled.sock\nspawn = yes\n",
-		"idle":     "app = probe\nchdir = @DIR@/apps\npool = unix:@DIR@/run/idle.sock\nspawn = yes\nidle-timeout = 2s\n",
+		"idle":     "app = probe\nchdir = @DIR@/apps\npool = unix:@DIR@/run/idle.sock\nspawn = yes\nidle-timeout = 2s\nworkers = 1\n",
 		"changing": "app = changing\nchdir = @DIR@/apps\npool = unix:@DIR@/run/changing.sock\nspawn = yes\n",
 		"fallback": "app = probe\nchdir = @DIR@/apps\npool = unix:@DIR@/run/nothing.sock\n",
 	})
@@ -156,6 +156,7 @@ func TestApacheHandOff(t *testing.T) {
 		resp, _ := a.do(t, "GET", "/idle/hello", nil)
 		assert.Equal(t, 200, resp.StatusCode)
 		daemon := stampPid(t, filepath.Join(run, "idle.sock"))
+		assert.Len(t, children(t, daemon), 1, "workers = 1 reaches the daemon")
 		assert.Eventually(t, func() bool { return !alive(daemon) || isZombie(daemon) }, 15*time.Second, 50*time.Millisecond)
 	})
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -26,10 +27,11 @@ type settings struct {
 	pool        string
 	spawn       bool
 	idleTimeout time.Duration
+	workers     int // of a spawned daemon; 0: its default
 }
 
 // scriptKeys lists the settings a script may hold, for error messages.
-const scriptKeys = "app, python, chdir, pythonpath, env, pool, spawn, idle-timeout"
+const scriptKeys = "app, python, chdir, pythonpath, env, pool, spawn, idle-timeout, workers"
 
 // isScript reports whether path names a wsgibridge script: a file whose
 // first line is a "#!" line naming wsgibridge.
@@ -137,6 +139,12 @@ func parseScript(r io.Reader, name string) (settings, error) {
 			default:
 				return s, fmt.Errorf("script %s: line %d: spawn wants yes or no, got %q", name, n, value)
 			}
+		case "workers":
+			w, err := strconv.Atoi(value)
+			if err != nil || w < 1 {
+				return s, fmt.Errorf("script %s: line %d: workers wants a number of 1 or more, got %q", name, n, value)
+			}
+			s.workers = w
 		case "idle-timeout":
 			d, err := time.ParseDuration(value)
 			if err != nil || d <= 0 {
