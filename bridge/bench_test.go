@@ -23,7 +23,7 @@ var nginxEnv = []Var{
 func BenchmarkNormalize(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := normalize(nginxEnv); err != nil {
+		if _, _, _, err := normalize(nginxEnv); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -32,7 +32,7 @@ func BenchmarkNormalize(b *testing.B) {
 // BenchmarkEncodeRequest encodes the request frame the worker decodes with
 // marshal.loads.
 func BenchmarkEncodeRequest(b *testing.B) {
-	env, _, _ := normalize(nginxEnv)
+	env, _, _, _ := normalize(nginxEnv)
 	buf := make([]byte, 0, 4096)
 	b.ReportAllocs()
 	for b.Loop() {

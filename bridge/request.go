@@ -21,13 +21,12 @@ type Request struct {
 	// HTTP_*, and whatever else the server sets).
 	Env []Var
 	// Body is the request body, or nil. The app reads at most
-	// CONTENT_LENGTH bytes of it. Serve may return while a Read on Body is
-	// still blocked; the caller ends that Read by closing Body's source.
+	// CONTENT_LENGTH bytes of it; a chunked request (no CONTENT_LENGTH,
+	// HTTP_TRANSFER_ENCODING naming chunked) reads it to io.EOF and sees
+	// wsgi.input_terminated; without either there is no body. Serve may
+	// return while a Read on Body is still blocked; the caller ends that
+	// Read by closing Body's source.
 	Body io.Reader
-	// BodyToEOF says that there is no CONTENT_LENGTH and the body runs
-	// until Body returns io.EOF (a chunked request); the app then sees
-	// wsgi.input_terminated.
-	BodyToEOF bool
 	// RunOnce sets wsgi.run_once: the worker serves this one request.
 	RunOnce bool
 }
@@ -44,8 +43,10 @@ func (e *StatusError) Error() string { return e.Msg }
 // maxContentLengthDigits keeps CONTENT_LENGTH within an int64.
 const maxContentLengthDigits = 18
 
-// normalize checks env and returns the environ the app gets and the
-// content length (-1 when absent). Rules, by catalog row:
+// normalize checks env and returns the environ the app gets, the content
+// length (-1 when absent), and whether a body without a length runs to
+// its end (a chunked request, which Apache's mod_proxy_fcgi and mod_cgi
+// stream without CONTENT_LENGTH). Rules, by catalog row:
 //   - B1: REQUEST_METHOD and SERVER_PROTOCOL are the web server's duty;
 //     missing or bogus is a 500 (the gateway is misconfigured).
 //   - B2: CONTENT_LENGTH is digits only; empty means absent; else 400.
@@ -55,14 +56,14 @@ const maxContentLengthDigits = 18
 //     HTTP_* names other than [A-Z0-9_] are dropped; wsgi.* names are ours.
 //   - B9: QUERY_STRING, SCRIPT_NAME, PATH_INFO, SERVER_NAME and
 //     SERVER_PORT are always present.
-func normalize(in []Var) ([]Var, int64, error) {
+func normalize(in []Var) (env []Var, length int64, toEOF bool, err error) {
 	out := make([]Var, 0, len(in)+6)
-	var method, proto, scriptName, pathInfo, host, https, scheme string
+	var method, proto, scriptName, pathInfo, host, https, scheme, te string
 	var haveQuery, haveName, havePort bool
-	length := int64(-1)
+	length = -1
 	for _, v := range in {
 		if strings.IndexByte(v.Value, 0) >= 0 || strings.IndexByte(v.Name, 0) >= 0 {
-			return nil, 0, &StatusError{400, fmt.Sprintf("NUL byte in %q", v.Name)}
+			return nil, 0, false, &StatusError{400, fmt.Sprintf("NUL byte in %q", v.Name)}
 		}
 		switch v.Name {
 		case "REQUEST_METHOD":
@@ -87,13 +88,15 @@ func normalize(in []Var) ([]Var, int64, error) {
 			https = v.Value
 		case "REQUEST_SCHEME":
 			scheme = v.Value
+		case "HTTP_TRANSFER_ENCODING":
+			te = v.Value
 		case "CONTENT_LENGTH":
 			if v.Value == "" {
 				continue
 			}
 			n, ok := parseContentLength(v.Value)
 			if !ok {
-				return nil, 0, &StatusError{400, fmt.Sprintf("invalid CONTENT_LENGTH %q", v.Value)}
+				return nil, 0, false, &StatusError{400, fmt.Sprintf("invalid CONTENT_LENGTH %q", v.Value)}
 			}
 			length = n
 		case "HTTP_PROXY", "HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE":
@@ -105,10 +108,10 @@ func normalize(in []Var) ([]Var, int64, error) {
 		out = append(out, v)
 	}
 	if method == "" || !isToken(method) {
-		return nil, 0, &StatusError{500, fmt.Sprintf("gateway misconfigured: REQUEST_METHOD is %q", method)}
+		return nil, 0, false, &StatusError{500, fmt.Sprintf("gateway misconfigured: REQUEST_METHOD is %q", method)}
 	}
 	if !validProtocol(proto) {
-		return nil, 0, &StatusError{500, fmt.Sprintf("gateway misconfigured: SERVER_PROTOCOL is %q", proto)}
+		return nil, 0, false, &StatusError{500, fmt.Sprintf("gateway misconfigured: SERVER_PROTOCOL is %q", proto)}
 	}
 	if strings.HasSuffix(scriptName, "/") {
 		scriptName = strings.TrimRight(scriptName, "/")
@@ -132,7 +135,8 @@ func normalize(in []Var) ([]Var, int64, error) {
 		}
 	}
 	out = append(out, Var{"wsgi.url_scheme", urlScheme})
-	return out, length, nil
+	toEOF = length < 0 && strings.Contains(strings.ToLower(te), "chunked")
+	return out, length, toEOF, nil
 }
 
 func parseContentLength(s string) (int64, bool) {

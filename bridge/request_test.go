@@ -32,6 +32,7 @@ func TestNormalize(t *testing.T) {
 		want   map[string]string // keys that must have these values
 		absent []string
 		length int64
+		toEOF  bool
 	}{
 		{
 			name: "defaults for missing keys",
@@ -85,6 +86,18 @@ func TestNormalize(t *testing.T) {
 			length: 123,
 		},
 		{
+			name:   "chunked without a length runs to its end",
+			in:     []string{"HTTP_TRANSFER_ENCODING", "Chunked"},
+			length: -1,
+			toEOF:  true,
+		},
+		{
+			name:   "a length wins over chunked",
+			in:     []string{"HTTP_TRANSFER_ENCODING", "chunked", "CONTENT_LENGTH", "12"},
+			want:   map[string]string{"CONTENT_LENGTH": "12"},
+			length: 12,
+		},
+		{
 			name:   "empty content length is absent",
 			in:     []string{"CONTENT_LENGTH", ""},
 			absent: []string{"CONTENT_LENGTH"},
@@ -101,7 +114,7 @@ func TestNormalize(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, length, err := normalize(vars(append(append([]string{}, base...), tt.in...)...))
+			out, length, toEOF, err := normalize(vars(append(append([]string{}, base...), tt.in...)...))
 			require.NoError(t, err)
 			m := asMap(out)
 			for k, v := range tt.want {
@@ -111,6 +124,7 @@ func TestNormalize(t *testing.T) {
 				assert.NotContains(t, m, k)
 			}
 			assert.Equal(t, tt.length, length)
+			assert.Equal(t, tt.toEOF, toEOF)
 			assert.Equal(t, "GET", m["REQUEST_METHOD"])
 		})
 	}
@@ -144,7 +158,7 @@ func TestNormalizeRefuses(t *testing.T) {
 	}{"NUL", []string{"REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "QUERY_STRING", "a\x00"}, 400, "NUL"})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := normalize(vars(tt.in...))
+			_, _, _, err := normalize(vars(tt.in...))
 			var se *StatusError
 			require.ErrorAs(t, err, &se)
 			assert.Equal(t, tt.status, se.Status)
@@ -160,7 +174,7 @@ func FuzzNormalize(f *testing.F) {
 	f.Add("POST", "HTTP/1.0", "/app/", "", "", "[::1]:")
 	f.Add("GET", "HTTP/2", "", "/%0a", "0009", ":")
 	f.Fuzz(func(t *testing.T, method, proto, scriptName, pathInfo, length, host string) {
-		out, n, err := normalize(vars("REQUEST_METHOD", method, "SERVER_PROTOCOL", proto,
+		out, n, _, err := normalize(vars("REQUEST_METHOD", method, "SERVER_PROTOCOL", proto,
 			"SCRIPT_NAME", scriptName, "PATH_INFO", pathInfo, "CONTENT_LENGTH", length, "HTTP_HOST", host))
 		if err != nil {
 			return

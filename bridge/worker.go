@@ -269,7 +269,7 @@ func (w *Worker) Ready(ctx context.Context) error {
 // ErrStopped, and the client gets 504 if nothing was sent yet. If the
 // worker dies, the client gets 502 and the error wraps ErrWorkerDied.
 func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Result, error) {
-	env, length, err := normalize(req.Env)
+	env, length, toEOF, err := normalize(req.Env)
 	if err != nil {
 		var se *StatusError
 		if errors.As(err, &se) {
@@ -283,7 +283,6 @@ func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Re
 	if req.RunOnce {
 		flags |= flagRunOnce
 	}
-	toEOF := length < 0 && req.BodyToEOF
 	if toEOF {
 		flags |= flagInputTerminated
 	}

@@ -311,10 +311,10 @@ func TestInputNeverPastContentLength(t *testing.T) {
 
 func TestInputTerminated(t *testing.T) {
 	h := newHarness(t, probeApp(t, "application"))
-	rec, _, err := h.serve(&Request{Env: env("/read-all", "REQUEST_METHOD", "POST"), Body: strings.NewReader("chunked body"), BodyToEOF: true})
+	rec, _, err := h.serve(&Request{Env: env("/read-all", "REQUEST_METHOD", "POST", "HTTP_TRANSFER_ENCODING", "chunked"), Body: strings.NewReader("chunked body")})
 	require.NoError(t, err)
 	assert.Equal(t, "12 0", rec.body.String())
-	rec, _, err = h.serve(&Request{Env: env("/environ", "REQUEST_METHOD", "POST"), Body: strings.NewReader("x"), BodyToEOF: true})
+	rec, _, err = h.serve(&Request{Env: env("/environ", "REQUEST_METHOD", "POST", "HTTP_TRANSFER_ENCODING", "chunked"), Body: strings.NewReader("x")})
 	require.NoError(t, err)
 	assert.Contains(t, rec.body.String(), "wsgi.input_terminated:bool")
 }

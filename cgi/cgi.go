@@ -23,11 +23,8 @@ type Request struct {
 	Env []string
 	// Body is the request body, read from standard input as fast as the
 	// server writes it (see package spool), or nil when the request has
-	// none. Close it when done.
+	// none: no CONTENT_LENGTH (or 0) and not chunked. Close it when done.
 	Body io.ReadCloser
-	// BodyToEOF is set for a chunked request: the server then gives no
-	// CONTENT_LENGTH and the body runs to the end of standard input.
-	BodyToEOF bool
 }
 
 // spoolMemory is how much of an unread body is held in memory before the
@@ -54,8 +51,9 @@ func ReadRequest(environ []string, stdin io.Reader, tmpDir string) (*Request, er
 	if method == "" {
 		return nil, ErrNotCGI
 	}
-	r.BodyToEOF = length == "" && strings.Contains(strings.ToLower(te), "chunked")
-	if r.BodyToEOF || strings.TrimLeft(length, "0") != "" {
+	// Standard input is read only when it may carry a body; how much of
+	// it the app gets is the bridge's rule.
+	if strings.TrimLeft(length, "0") != "" || strings.Contains(strings.ToLower(te), "chunked") {
 		body := spool.New(spoolMemory, tmpDir)
 		go body.Fill(stdin)
 		r.Body = body

@@ -15,16 +15,15 @@ func TestReadRequest(t *testing.T) {
 		name    string
 		env     []string
 		body    bool
-		toEOF   bool
 		wantErr error
 	}{
-		{"get", []string{"REQUEST_METHOD=GET"}, false, false, nil},
-		{"post with length", []string{"REQUEST_METHOD=POST", "CONTENT_LENGTH=5"}, true, false, nil},
-		{"zero length", []string{"REQUEST_METHOD=POST", "CONTENT_LENGTH=000"}, false, false, nil},
-		{"chunked", []string{"REQUEST_METHOD=POST", "HTTP_TRANSFER_ENCODING=chunked"}, true, true, nil},
-		{"chunked with length", []string{"REQUEST_METHOD=POST", "CONTENT_LENGTH=3", "HTTP_TRANSFER_ENCODING=chunked"}, true, false, nil},
-		{"no method", []string{"PATH=/bin"}, false, false, ErrNotCGI},
-		{"empty method", []string{"REQUEST_METHOD="}, false, false, ErrNotCGI},
+		{"get", []string{"REQUEST_METHOD=GET"}, false, nil},
+		{"post with length", []string{"REQUEST_METHOD=POST", "CONTENT_LENGTH=5"}, true, nil},
+		{"zero length", []string{"REQUEST_METHOD=POST", "CONTENT_LENGTH=000"}, false, nil},
+		{"chunked", []string{"REQUEST_METHOD=POST", "HTTP_TRANSFER_ENCODING=chunked"}, true, nil},
+		{"chunked with length", []string{"REQUEST_METHOD=POST", "CONTENT_LENGTH=3", "HTTP_TRANSFER_ENCODING=chunked"}, true, nil},
+		{"no method", []string{"PATH=/bin"}, false, ErrNotCGI},
+		{"empty method", []string{"REQUEST_METHOD="}, false, ErrNotCGI},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -35,7 +34,6 @@ func TestReadRequest(t *testing.T) {
 			}
 			require.NoError(t, err)
 			assert.Equal(t, tt.env, r.Env)
-			assert.Equal(t, tt.toEOF, r.BodyToEOF)
 			assert.Equal(t, tt.body, r.Body != nil)
 			if r.Body != nil {
 				b, err := io.ReadAll(r.Body)

@@ -147,7 +147,7 @@ func serveCGI(s settings, script string, log *slog.Logger, environ []string, std
 		name, value, _ := strings.Cut(kv, "=")
 		env = append(env, bridge.Var{Name: name, Value: value})
 	}
-	breq := &bridge.Request{Env: env, BodyToEOF: req.BodyToEOF, RunOnce: true}
+	breq := &bridge.Request{Env: env, RunOnce: true}
 	if req.Body != nil {
 		breq.Body = req.Body
 	}

@@ -121,7 +121,7 @@ func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, r
 	if g.mount != mountKeep {
 		env = bridge.Mount(env, g.mount)
 	}
-	res, err := g.pool.Serve(ctx, &bridge.Request{Env: env, Body: body, BodyToEOF: chunked(env)}, rw)
+	res, err := g.pool.Serve(ctx, &bridge.Request{Env: env, Body: body}, rw)
 	if err != nil || g.accessLog {
 		var method, uri string
 		for _, v := range env {
@@ -141,22 +141,6 @@ func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, r
 		}
 	}
 	return res.CutShort
-}
-
-// chunked reports whether a request's body runs to its end with no
-// CONTENT_LENGTH (a chunked request that the server streams, as Apache's
-// mod_proxy_fcgi does); without CONTENT_LENGTH otherwise there is no body.
-func chunked(env []bridge.Var) bool {
-	var length, te string
-	for _, v := range env {
-		switch v.Name {
-		case "CONTENT_LENGTH":
-			length = v.Value
-		case "HTTP_TRANSFER_ENCODING":
-			te = v.Value
-		}
-	}
-	return length == "" && strings.Contains(strings.ToLower(te), "chunked")
 }
 
 // ServeFastCGI serves a request from the FastCGI front.
