@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -72,14 +73,14 @@ func handOff(ctx context.Context, s settings, script string, environ []string, r
 		return false, err
 	}
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	return true, relay(conn, environ, req, stdout, stderr)
+	return true, relay(ctx, conn, environ, req, stdout, stderr)
 }
 
 // relay sends the request on conn and writes the daemon's response to
-// stdout as a CGI response, as it arrives.
-func relay(conn net.Conn, environ []string, req *cgi.Request, stdout io.Writer, stderr io.Writer) error {
+// stdout as a CGI response, as it arrives. When ctx ends or stdout fails
+// (the web server's client went away), the connection is closed, so the
+// daemon stops the request, and relay returns.
+func relay(ctx context.Context, conn net.Conn, environ []string, req *cgi.Request, stdout io.Writer, stderr io.Writer) error {
 	client, err := gofast.SimpleClientFactory(func() (net.Conn, error) { return conn, nil })()
 	if err != nil {
 		return fmt.Errorf("hand-off: %w", err)
@@ -97,26 +98,45 @@ func relay(conn net.Conn, environ []string, req *cgi.Request, stdout io.Writer, 
 	if err != nil {
 		return fmt.Errorf("hand-off: %w", err)
 	}
-	w := &cgiResponse{w: stdout, header: http.Header{}}
+	// gofast's reader blocks for good on a response pipe nobody reads, so
+	// giving up must close the pipes as well as the connection.
+	var once sync.Once
+	giveUp := func() {
+		once.Do(func() {
+			conn.Close()
+			resp.Close()
+		})
+	}
+	stop := context.AfterFunc(ctx, giveUp)
+	defer stop()
+	w := &cgiResponse{w: stdout, header: http.Header{}, failed: giveUp}
 	var errs strings.Builder
 	err = resp.WriteTo(w, io.MultiWriter(stderr, &errs))
 	if err == nil && errs.Len() > 0 {
 		err = errors.New(strings.TrimSpace(errs.String()))
 	}
+	if w.err != nil {
+		return fmt.Errorf("hand-off: write the response: %w", w.err)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("hand-off: %w", context.Cause(ctx))
+	}
 	if err != nil {
 		return fmt.Errorf("hand-off: %w", err)
 	}
-	return w.err
+	return nil
 }
 
 // cgiResponse is the http.ResponseWriter gofast writes to: it writes a CGI
 // response, each write going out at once so a streamed body stays
-// streamed.
+// streamed. After the first failed write it calls failed and takes what
+// follows without writing it, so gofast never waits on it.
 type cgiResponse struct {
 	w      io.Writer
 	header http.Header
 	wrote  bool
 	err    error
+	failed func()
 }
 
 func (c *cgiResponse) Header() http.Header { return c.header }
@@ -139,19 +159,26 @@ func (c *cgiResponse) WriteHeader(status int) {
 		}
 	}
 	b.WriteString("\r\n")
-	_, c.err = io.WriteString(c.w, b.String())
+	_, err := io.WriteString(c.w, b.String())
+	c.fail(err)
+}
+
+func (c *cgiResponse) fail(err error) {
+	if err != nil && c.err == nil {
+		c.err = err
+		c.failed()
+	}
 }
 
 func (c *cgiResponse) Write(p []byte) (int, error) {
 	if !c.wrote {
 		c.WriteHeader(http.StatusOK)
 	}
-	if c.err != nil {
-		return 0, c.err
+	if c.err == nil {
+		_, err := c.w.Write(p)
+		c.fail(err)
 	}
-	n, err := c.w.Write(p)
-	c.err = err
-	return n, err
+	return len(p), nil
 }
 
 // ensureDaemon connects to the daemon at sock, starting it first when

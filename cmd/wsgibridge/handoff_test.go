@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/fcgi"
@@ -206,7 +209,7 @@ func TestRelayWithFakeDaemon(t *testing.T) {
 	req, err := cgi.ReadRequest(env, strings.NewReader("hello"), t.TempDir())
 	require.NoError(t, err)
 	var out, errOut bytes.Buffer
-	require.NoError(t, relay(conn, env, req, &out, &errOut))
+	require.NoError(t, relay(context.Background(), conn, env, req, &out, &errOut))
 	assert.Equal(t, "Status: 201 Created\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Sat, 21 Nov 2026 00:00:00 GMT\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Got: POST /app/x\r\n\r\nbody=hello", out.String())
 	assert.Empty(t, errOut.String())
 }
@@ -231,12 +234,96 @@ func TestRelayDaemonGone(t *testing.T) {
 	rec := httptest.NewRecorder()
 	var errOut bytes.Buffer
 	done := make(chan error, 1)
-	go func() { done <- relay(conn, env, req, rec.Body, &errOut) }()
+	go func() { done <- relay(context.Background(), conn, env, req, rec.Body, &errOut) }()
 	select {
 	case err := <-done:
 		assert.Error(t, err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("the relay hung on a closed connection")
+	}
+}
+
+// failingWriter takes the first write and fails every later one, as a
+// CGI stdout does once the web server's client has gone.
+type failingWriter struct{ writes int }
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	f.writes++
+	if f.writes > 1 {
+		return 0, syscall.EPIPE
+	}
+	return len(p), nil
+}
+
+// startRelay runs relay against a daemon serving handler with Go's own
+// FastCGI responder and returns relay's result channel.
+func startRelay(t *testing.T, ctx context.Context, handler http.HandlerFunc, stdout io.Writer) <-chan error {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() { _ = fcgi.Serve(l, handler) }()
+	conn, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	env := []string{"REQUEST_METHOD=GET", "SERVER_PROTOCOL=HTTP/1.1"}
+	req, err := cgi.ReadRequest(env, strings.NewReader(""), t.TempDir())
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- relay(ctx, conn, env, req, stdout, io.Discard) }()
+	return done
+}
+
+// TestRelayClientGone: when stdout fails in the middle of a response (the
+// client went away), the relay returns and the daemon sees the connection
+// close, instead of both waiting for ever.
+func TestRelayClientGone(t *testing.T) {
+	daemonSaw := make(chan error, 1)
+	done := startRelay(t, context.Background(), func(w http.ResponseWriter, r *http.Request) {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				daemonSaw <- err
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	}, &failingWriter{})
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "write the response")
+		assert.ErrorIs(t, err, syscall.EPIPE)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay hung after its stdout failed")
+	}
+	select {
+	case err := <-daemonSaw:
+		assert.Error(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the daemon kept writing to a relay that gave up")
+	}
+}
+
+// TestRelayCanceled: a SIGTERM (the context ending) stops a relay whose
+// daemon is slow to answer.
+func TestRelayCanceled(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := startRelay(t, ctx, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "first part")
+		w.(http.Flusher).Flush()
+		<-release
+	}, io.Discard)
+	time.AfterFunc(100*time.Millisecond, func() { cancel(errors.New("terminated")) })
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "terminated")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not stop when its context ended")
 	}
 }
 
@@ -284,7 +371,7 @@ func TestRelayPassesStderr(t *testing.T) {
 	req, err := cgi.ReadRequest(env, strings.NewReader(""), t.TempDir())
 	require.NoError(t, err)
 	var out, errOut bytes.Buffer
-	err = relay(conn, env, req, &out, &errOut)
+	err = relay(context.Background(), conn, env, req, &out, &errOut)
 	assert.Equal(t, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nok", out.String())
 	assert.Contains(t, errOut.String(), "a warning from the daemon")
 	assert.ErrorContains(t, err, "a warning from the daemon", "the relay reports what the daemon said on stderr")
