@@ -365,6 +365,37 @@ func TestMultiplexedSlowRequest(t *testing.T) {
 	assert.Empty(t, r.afterEnd)
 }
 
+// TestBodiesBeyondMemoryTotal: bodies waiting together beyond
+// StdinMemoryTotal arrive intact (the rest waits on disk), and the memory
+// they held is given back when their requests end.
+func TestBodiesBeyondMemoryTotal(t *testing.T) {
+	h := &echoHandler{gates: map[string]chan struct{}{"hold": make(chan struct{})}}
+	const total = 100_000
+	ts := startServer(t, h, func(s *Server) { s.StdinMemoryTotal = total })
+	big := strings.Repeat("0123456789", 20000)
+	var clients []*client
+	for i := 0; i < 3; i++ {
+		c := ts.dial(t)
+		c.send(fullRequest(1, 0, big, "WAIT", "hold"))
+		clients = append(clients, c)
+	}
+	require.Eventually(t, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.calls == 3
+	}, 5*time.Second, 10*time.Millisecond)
+	free := ts.srv.budget.Free()
+	assert.Less(t, free, int64(total), "the waiting bodies hold memory")
+	assert.GreaterOrEqual(t, free, int64(0))
+	close(h.gates["hold"])
+	for _, c := range clients {
+		r := c.read(1)
+		assert.Contains(t, r.stdout[1], "body="+big)
+	}
+	assert.Eventually(t, func() bool { return ts.srv.budget.Free() == total }, 5*time.Second, 10*time.Millisecond,
+		"the memory the bodies held is given back")
+}
+
 func TestGetValues(t *testing.T) {
 	ts := startServer(t, &echoHandler{}, func(s *Server) { s.MaxConns = 7; s.MaxRequests = 9 })
 	c := ts.dial(t)

@@ -89,6 +89,10 @@ type Server struct {
 	// its connection. Default 1 MiB.
 	StdinMemory int
 	SpoolDir    string
+	// StdinMemoryTotal is how much of all the requests' bodies may wait
+	// in memory together; beyond it they wait in temporary files, so that
+	// many uploads at once cannot exhaust memory. Default 16 MiB.
+	StdinMemoryTotal int
 	// FirstByteTimeout limits how long a new connection may stay silent.
 	// Default 10 s.
 	FirstByteTimeout time.Duration
@@ -114,6 +118,7 @@ type Server struct {
 	inShutdown atomic.Bool
 	active     atomic.Int64
 	slots      chan struct{}
+	budget     *spool.Budget
 	initOnce   sync.Once
 }
 
@@ -127,6 +132,8 @@ func (s *Server) init() {
 		setDefault(&s.MaxParamsBytes, 256<<10)
 		setDefault(&s.MaxParams, 1000)
 		setDefault(&s.StdinMemory, 1<<20)
+		setDefault(&s.StdinMemoryTotal, 16<<20)
+		s.budget = spool.NewBudget(int64(s.StdinMemoryTotal))
 		setDefault(&s.FirstByteTimeout, 10*time.Second)
 		setDefault(&s.ParamsTimeout, 30*time.Second)
 		setDefault(&s.StdinTimeout, 60*time.Second)
@@ -550,7 +557,7 @@ func (c *conn) start(r *request) error {
 		return err
 	}
 	r.params = nil
-	r.body = spool.New(c.srv.StdinMemory, c.srv.SpoolDir)
+	r.body = spool.New(c.srv.StdinMemory, c.srv.SpoolDir, c.srv.budget)
 	c.mu.Lock()
 	r.started = true
 	c.mu.Unlock()
