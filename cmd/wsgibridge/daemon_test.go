@@ -126,6 +126,21 @@ func startNginx(t *testing.T, upstreams map[string]string) *nginx {
 	return n
 }
 
+// postChunked POSTs "chunked body" without a length (Transfer-Encoding:
+// chunked) and returns the response body.
+func postChunked(t *testing.T, url string) string {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, io.MultiReader(strings.NewReader("chunked "), strings.NewReader("body")))
+	require.NoError(t, err)
+	req.ContentLength = -1
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(b)
+}
+
 func httpDo(t *testing.T, method, url string, body io.Reader, header ...string) (*http.Response, string, error) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)
@@ -248,14 +263,7 @@ func TestHTTPMode(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 200, resp.StatusCode)
 	assert.Equal(t, "posted", body)
-	req, err := http.NewRequest("POST", "http://"+addr+"/app/count", io.MultiReader(strings.NewReader("chunked "), strings.NewReader("body")))
-	require.NoError(t, err)
-	req.ContentLength = -1
-	r2, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	b, _ := io.ReadAll(r2.Body)
-	r2.Body.Close()
-	assert.Equal(t, "12", string(b), "a chunked body runs to its end")
+	assert.Equal(t, "12", postChunked(t, "http://"+addr+"/app/count"), "a chunked body runs to its end")
 	_, body, err = httpDo(t, "GET", "http://"+addr+"/app/raise-after", nil)
 	assert.Equal(t, "partial ", body)
 	assert.ErrorIs(t, err, io.ErrUnexpectedEOF)

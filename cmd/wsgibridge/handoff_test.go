@@ -185,31 +185,20 @@ func isZombie(pid int) bool {
 // TestRelayWithFakeDaemon runs the gofast relay against a stand-in
 // daemon: a FastCGI responder from the standard library.
 func TestRelayWithFakeDaemon(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "fake.sock")
-	l, err := net.Listen("unix", sock)
-	require.NoError(t, err)
-	defer l.Close()
-	go func() {
-		_ = fcgi.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Date", "Sat, 21 Nov 2026 00:00:00 GMT")
-			w.Header().Set("X-Got", r.Method+" "+r.URL.Path)
-			w.Header().Add("Set-Cookie", "a=1")
-			w.Header().Add("Set-Cookie", "b=2")
-			w.WriteHeader(201)
-			buf := new(bytes.Buffer)
-			_, _ = buf.ReadFrom(r.Body)
-			fmt.Fprintf(w, "body=%s", buf)
-		}))
-	}()
-	conn, err := net.Dial("unix", sock)
-	require.NoError(t, err)
-	defer conn.Close()
 	env := []string{"REQUEST_METHOD=POST", "SERVER_PROTOCOL=HTTP/1.1", "SCRIPT_NAME=/app", "PATH_INFO=/x",
 		"REQUEST_URI=/app/x", "SERVER_NAME=localhost", "SERVER_PORT=80", "CONTENT_LENGTH=5"}
-	req, err := cgi.ReadRequest(env, strings.NewReader("hello"), t.TempDir())
-	require.NoError(t, err)
 	var out, errOut bytes.Buffer
-	require.NoError(t, relay(context.Background(), conn, env, req, &out, &errOut))
+	done := startRelay(t, context.Background(), func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Date", "Sat, 21 Nov 2026 00:00:00 GMT")
+		w.Header().Set("X-Got", r.Method+" "+r.URL.Path)
+		w.Header().Add("Set-Cookie", "a=1")
+		w.Header().Add("Set-Cookie", "b=2")
+		w.WriteHeader(201)
+		buf := new(bytes.Buffer)
+		_, _ = buf.ReadFrom(r.Body)
+		fmt.Fprintf(w, "body=%s", buf)
+	}, env, "hello", &out, &errOut)
+	require.NoError(t, <-done)
 	assert.Equal(t, "Status: 201 Created\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Sat, 21 Nov 2026 00:00:00 GMT\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Got: POST /app/x\r\n\r\nbody=hello", out.String())
 	assert.Empty(t, errOut.String())
 }
@@ -243,6 +232,8 @@ func TestRelayDaemonGone(t *testing.T) {
 	}
 }
 
+var getEnv = []string{"REQUEST_METHOD=GET", "SERVER_PROTOCOL=HTTP/1.1"}
+
 // failingWriter takes the first write and fails every later one, as a
 // CGI stdout does once the web server's client has gone.
 type failingWriter struct{ writes int }
@@ -255,9 +246,9 @@ func (f *failingWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// startRelay runs relay against a daemon serving handler with Go's own
-// FastCGI responder and returns relay's result channel.
-func startRelay(t *testing.T, ctx context.Context, handler http.HandlerFunc, stdout io.Writer) <-chan error {
+// startRelay runs relay for a request (env, body) against a daemon serving
+// handler with Go's own FastCGI responder, and returns relay's result.
+func startRelay(t *testing.T, ctx context.Context, handler http.HandlerFunc, env []string, body string, stdout, stderr io.Writer) <-chan error {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	l, err := net.Listen("unix", sock)
@@ -267,11 +258,10 @@ func startRelay(t *testing.T, ctx context.Context, handler http.HandlerFunc, std
 	conn, err := net.Dial("unix", sock)
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	env := []string{"REQUEST_METHOD=GET", "SERVER_PROTOCOL=HTTP/1.1"}
-	req, err := cgi.ReadRequest(env, strings.NewReader(""), t.TempDir())
+	req, err := cgi.ReadRequest(env, strings.NewReader(body), t.TempDir())
 	require.NoError(t, err)
 	done := make(chan error, 1)
-	go func() { done <- relay(ctx, conn, env, req, stdout, io.Discard) }()
+	go func() { done <- relay(ctx, conn, env, req, stdout, stderr) }()
 	return done
 }
 
@@ -289,7 +279,7 @@ func TestRelayClientGone(t *testing.T) {
 			}
 			w.(http.Flusher).Flush()
 		}
-	}, &failingWriter{})
+	}, getEnv, "", &failingWriter{}, io.Discard)
 	select {
 	case err := <-done:
 		require.Error(t, err)
@@ -316,7 +306,7 @@ func TestRelayCanceled(t *testing.T) {
 		fmt.Fprint(w, "first part")
 		w.(http.Flusher).Flush()
 		<-release
-	}, io.Discard)
+	}, getEnv, "", io.Discard, io.Discard)
 	time.AfterFunc(100*time.Millisecond, func() { cancel(errors.New("terminated")) })
 	select {
 	case err := <-done:

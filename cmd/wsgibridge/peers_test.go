@@ -42,14 +42,7 @@ func TestApacheProxyFCGI(t *testing.T) {
 
 	// A chunked request: Apache streams it with no CONTENT_LENGTH, and
 	// the body runs to the empty FCGI_STDIN.
-	req, err := http.NewRequest("POST", a.base+"/pf/count", io.MultiReader(strings.NewReader("chunked "), strings.NewReader("body")))
-	require.NoError(t, err)
-	req.ContentLength = -1
-	r2, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	b, _ := io.ReadAll(r2.Body)
-	r2.Body.Close()
-	assert.Equal(t, "12", string(b))
+	assert.Equal(t, "12", postChunked(t, a.base+"/pf/count"))
 }
 
 // cgiFcgi runs libfcgi's cgi-fcgi as a FastCGI client.
