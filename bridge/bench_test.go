@@ -1,12 +1,20 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	tu "github.com/wsgibridge/wsgibridge/internal/testutil"
 )
 
 // nginxEnv is a typical environ from nginx's stock fastcgi_params.
@@ -71,4 +79,56 @@ func BenchmarkPoolNoop(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkFastCGIWorker sends nginx's request for /hello to a FastCGI
+// worker over one kept connection, as nginx with fastcgi_keep_conn does,
+// and reads the response to its END_REQUEST: the worker's cost per
+// request (records, params, environ, response) plus one round trip.
+func BenchmarkFastCGIWorker(b *testing.B) {
+	p := startFCGIPool(b, 1, "hello")
+	kv := make([]string, 0, 2*len(nginxEnv))
+	for _, v := range nginxEnv {
+		kv = append(kv, v.Name, v.Value)
+	}
+	req := tu.FCGIRequest(1, true, "", kv...)
+	end := tu.FCGIRecord(tu.FCGIEndRequest, 1, make([]byte, 8))
+	nc, err := net.Dial("unix", p.sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	buf := make([]byte, 64<<10)
+	pid := p.pool.Stats().Pids[0]
+	before := cpuTime(b, pid)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := nc.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		var got []byte
+		for !bytes.HasSuffix(got, end) {
+			n, err := nc.Read(buf)
+			if err != nil {
+				b.Fatal(err)
+			}
+			got = append(got, buf[:n]...)
+		}
+	}
+	b.ReportMetric(float64((cpuTime(b, pid)-before).Microseconds())/float64(b.N), "worker-cpu-µs/op")
+}
+
+// cpuTime returns the CPU time a process has used, user and system, from
+// /proc (in clock ticks of 10 ms: measure many requests).
+func cpuTime(b *testing.B, pid int) time.Duration {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command's closing parenthesis; utime and stime
+	// are the 14th and 15th of the line.
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }

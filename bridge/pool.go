@@ -9,6 +9,7 @@ package bridge
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -69,6 +71,7 @@ type member struct {
 	retire   chan struct{}
 	once     sync.Once
 	recycled bool // retired on purpose, not because it died
+	slot     int  // its place on the board of FastCGI workers, or -1
 }
 
 func (m *member) retireNow(recycled bool) {
@@ -96,6 +99,117 @@ type Pool struct {
 	reloading sync.Mutex
 
 	timeoutCause error
+
+	// For FastCGI workers: see FastCGIConfig.
+	lobby     [2]*os.File
+	board     *os.File
+	boardData []byte
+	slotUsed  [boardSlots]bool
+	// changeSeen is the generation whose code change started a reload.
+	changeSeen int
+}
+
+// boardSlots bounds the FastCGI workers alive at once (a reload has two
+// generations alive).
+const boardSlots = 64
+
+// boardRunning is where the board's flags "the app is running under a
+// timeout" begin, one byte per slot (after 64 idle flags and 64 counts).
+const boardRunning = 64 + 8*boardSlots
+
+// takeSlot returns a free place on the board, marked busy.
+func (p *Pool) takeSlot() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, used := range p.slotUsed {
+		if !used {
+			p.slotUsed[i] = true
+			p.boardData[i] = 0
+			return i
+		}
+	}
+	return boardSlots - 1
+}
+
+// codeChanged reloads the pool once when a worker of generation gen says
+// the app's code changed.
+func (p *Pool) codeChanged(gen int, file string) {
+	p.mu.Lock()
+	if gen != p.gen || p.changeSeen == gen || p.closing {
+		p.mu.Unlock()
+		return
+	}
+	p.changeSeen = gen
+	p.mu.Unlock()
+	p.log.Info("the app's code changed: reloading", "file", file)
+	go func() {
+		err := p.Reload()
+		if err == nil {
+			return
+		}
+		p.log.Error("reload failed; the running workers stay", "err", err)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.changeSeen = 0
+		for m := range p.members {
+			if m.gen == gen {
+				m.w.Resume()
+			}
+		}
+	}()
+}
+
+// Activity returns, for FastCGI workers, a number that changes whenever
+// a request is served, and whether a worker is serving one now.
+func (p *Pool) Activity() (served uint64, busy bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.boardData == nil {
+		return 0, false
+	}
+	for i, used := range p.slotUsed {
+		if !used {
+			continue
+		}
+		served += binary.LittleEndian.Uint64(p.boardData[64+8*i:])
+		busy = busy || p.boardData[i] == 0
+	}
+	return served, busy
+}
+
+func (p *Pool) freeSlot(i int) {
+	if i < 0 || p.boardData == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.boardData[i] = 0
+	p.boardData[boardRunning+i] = 0
+	binary.LittleEndian.PutUint64(p.boardData[64+8*i:], 0)
+	p.slotUsed[i] = false
+}
+
+// openBoard makes the lobby socket and the board the FastCGI workers share.
+func (p *Pool) openBoard() error {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("bridge: lobby socket: %w", err)
+	}
+	p.lobby = [2]*os.File{os.NewFile(uintptr(fds[0]), "lobby-out"), os.NewFile(uintptr(fds[1]), "lobby-in")}
+	f, err := os.CreateTemp("", "wsgibridge-board-")
+	if err != nil {
+		return fmt.Errorf("bridge: worker board: %w", err)
+	}
+	_ = os.Remove(f.Name())
+	if err := f.Truncate(4096); err != nil {
+		return fmt.Errorf("bridge: worker board: %w", err)
+	}
+	data, err := syscall.Mmap(int(f.Fd()), 0, 4096, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("bridge: worker board: %w", err)
+	}
+	p.board, p.boardData = f, data
+	return nil
 }
 
 // PoolStats is a snapshot of a pool.
@@ -118,6 +232,11 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	p := &Pool{cfg: cfg, log: log, gen: 1, members: map[*member]struct{}{},
 		timeoutCause: fmt.Errorf("the app ran longer than the %v timeout", cfg.Timeout)}
+	if cfg.Worker.FastCGI != nil {
+		if err := p.openBoard(); err != nil {
+			return nil, err
+		}
+	}
 	ms, err := p.spawnAll(p.gen)
 	if err != nil {
 		return nil, err
@@ -180,10 +299,24 @@ func (p *Pool) spawn(gen int) (*member, error) {
 	}
 	cfg := p.cfg.Worker
 	cfg.Output = w
+	slot := -1
+	if cfg.FastCGI != nil {
+		fc := *cfg.FastCGI
+		if p.cfg.MaxRequests > 0 {
+			fc.MaxRequests = p.cfg.MaxRequests + rand.IntN(p.cfg.MaxRequestsJitter+1)
+		}
+		if p.board != nil {
+			slot = p.takeSlot()
+			fc.Lobby, fc.Board, fc.Slot = p.lobby, p.board, slot
+		}
+		fc.Changed = func(file string) { p.codeChanged(gen, file) }
+		cfg.FastCGI = &fc
+	}
 	wk, err := Start(cfg)
 	w.Close()
 	if err != nil {
 		r.Close()
+		p.freeSlot(slot)
 		return nil, err
 	}
 	go p.logOutput(r, wk.Pid())
@@ -191,11 +324,15 @@ func (p *Pool) spawn(gen int) (*member, error) {
 	defer cancel()
 	if err := wk.Ready(ctx); err != nil {
 		wk.Close(p.cfg.GraceTimeout)
+		p.freeSlot(slot)
 		return nil, err
 	}
-	m := &member{w: wk, gen: gen, born: time.Now(), retire: make(chan struct{})}
+	m := &member{w: wk, gen: gen, born: time.Now(), retire: make(chan struct{}), slot: slot}
 	if p.cfg.MaxRequests > 0 {
 		m.limit = p.cfg.MaxRequests + rand.IntN(p.cfg.MaxRequestsJitter+1)
+	}
+	if cfg.FastCGI != nil {
+		go wk.Watch()
 	}
 	p.mu.Lock()
 	p.members[m] = struct{}{}
@@ -295,18 +432,71 @@ func (p *Pool) sleepUnlessStopped(gen int, d time.Duration) bool {
 	return !p.slotDone(gen)
 }
 
-// await waits until m is retired, or dies while idle.
+// await waits until m is retired, or dies while idle. A FastCGI worker
+// whose app runs past the timeout and past the Stop it raised is killed.
 func (p *Pool) await(m *member) {
-	select {
-	case <-m.retire:
-	case <-m.w.Exited():
-		if p.takeIdle(m) {
-			p.log.Info("worker exited while idle", "pid", m.w.Pid(), "how", m.w.exitStatus())
-			m.retireNow(false)
+	var tick <-chan time.Time
+	if m.slot >= 0 && p.cfg.Timeout > 0 {
+		t := time.NewTicker(stuckCheckEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	var seen stuckWatch
+	for {
+		select {
+		case <-m.retire:
+			return
+		case now := <-tick:
+			if seen.stuck(p.runningApp(m.slot), now, p.cfg.Timeout+m.w.cfg.StopGrace) {
+				p.log.Error("the app did not stop at the timeout; killing its worker",
+					"pid", m.w.Pid(), "timeout", p.cfg.Timeout)
+				m.w.Kill()
+			}
+		case <-m.w.Exited():
+			if p.takeIdle(m) {
+				if m.w.Leaving() {
+					m.retireNow(true)
+					return
+				}
+				p.log.Info("worker exited while idle", "pid", m.w.Pid(), "how", m.w.exitStatus())
+				m.retireNow(false)
+				return
+			}
+			<-m.retire // it is serving: Serve sees it fail and retires it
 			return
 		}
-		<-m.retire // it is serving: Serve sees it fail and retires it
 	}
+}
+
+// stuckCheckEvery is how often the board is read for FastCGI workers
+// stuck in their app.
+const stuckCheckEvery = 500 * time.Millisecond
+
+// stuckWatch follows one FastCGI worker's app runs on the board.
+type stuckWatch struct {
+	run   uint64 // the request count when the app was first seen running, 0: not running
+	since time.Time
+}
+
+// stuck reports whether the same app run (run, the worker's request
+// count, or 0 when its app is not running) has lasted longer than limit.
+func (s *stuckWatch) stuck(run uint64, now time.Time, limit time.Duration) bool {
+	if run == 0 || run != s.run {
+		s.run, s.since = run, now
+		return false
+	}
+	return now.Sub(s.since) > limit
+}
+
+// runningApp returns the request count of the FastCGI worker in slot if
+// its app is running, else 0.
+func (p *Pool) runningApp(slot int) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.boardData[boardRunning+slot] == 0 {
+		return 0
+	}
+	return binary.LittleEndian.Uint64(p.boardData[64+8*slot:])
 }
 
 // add makes a ready member available: to the first waiting request, or
@@ -366,6 +556,7 @@ func (p *Pool) dropIdle(m *member) bool {
 
 func (p *Pool) closeMember(m *member) {
 	m.w.Close(p.cfg.GraceTimeout)
+	p.freeSlot(m.slot)
 	p.mu.Lock()
 	delete(p.members, m)
 	p.mu.Unlock()

@@ -286,3 +286,32 @@ func TestPoolShutdownKillsAfterDeadline(t *testing.T) {
 	assert.ErrorIs(t, h.pool.Shutdown(ctx), context.DeadlineExceeded)
 	assert.ErrorIs(t, <-done, ErrWorkerDied)
 }
+
+// TestStuckWatch: a worker is stuck only when the same app run (the same
+// request count, with the running flag up) outlasts the limit.
+func TestStuckWatch(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	type look struct {
+		run  uint64
+		at   time.Time
+		want bool
+	}
+	tests := []struct {
+		name  string
+		looks []look
+	}{
+		{"one long run", []look{{5, at(0), false}, {5, at(500), false}, {5, at(1001), true}}},
+		{"new requests each look", []look{{5, at(0), false}, {6, at(600), false}, {7, at(1200), false}, {8, at(1800), false}}},
+		{"idle between looks", []look{{5, at(0), false}, {0, at(600), false}, {5, at(1200), false}}},
+		{"not running", []look{{0, at(0), false}, {0, at(5000), false}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s stuckWatch
+			for i, l := range tt.looks {
+				assert.Equal(t, l.want, s.stuck(l.run, l.at, time.Second), "look %d", i)
+			}
+		})
+	}
+}

@@ -48,6 +48,8 @@ const (
 	frameLog          = 'L'
 	frameFinished     = 'F'
 	frameAborted      = 'X'
+	frameChanged      = 'C'
+	frameAccess       = 'A'
 )
 
 // Frame flags.

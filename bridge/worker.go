@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -61,6 +62,75 @@ type Config struct {
 	// StopGrace is how long a stopped request may take to end (see
 	// Serve) before its worker is killed. Default 2 s.
 	StopGrace time.Duration
+	// FastCGI, when set, makes the worker a FastCGI server on a listening
+	// socket instead of serving requests sent through Serve.
+	FastCGI *FastCGIConfig
+}
+
+// FastCGIConfig makes a worker take connections from a listening socket
+// and answer the web server itself, so that a request crosses no other
+// process. The worker then reports only log lines; Serve is not used.
+type FastCGIConfig struct {
+	// Listener is the listening socket, shared by all the workers.
+	Listener *os.File
+	// Mount is the SCRIPT_NAME the app gets (see Mount), unless KeepMount
+	// leaves SCRIPT_NAME and PATH_INFO as the web server sent them.
+	Mount     string
+	KeepMount bool
+	// Timeout stops a request that runs longer: the app gets Stop raised
+	// inside it and the client a 504. 0: no limit.
+	Timeout time.Duration
+	// MaxRequests: the worker exits after serving that many. 0: never.
+	MaxRequests int
+	// Workers is reported to web servers as FCGI_MAX_CONNS and _REQS.
+	Workers int
+	// Shared, set by the pool: the two ends of the socket on which busy
+	// workers pass ready connections to idle ones, the board where each
+	// worker marks whether it is idle, and this worker's place on it.
+	Lobby [2]*os.File
+	Board *os.File
+	Slot  int
+	// AllowedAddrs, when not empty, lists the only addresses a TCP
+	// connection may come from (FCGI_WEB_SERVER_ADDRS); others are closed
+	// at once and logged.
+	AllowedAddrs []netip.Addr
+	// ReloadOnChange: before each request the worker checks the app's own
+	// source files, and calls Changed instead of serving when one changed.
+	ReloadOnChange bool
+	Changed        func(file string)
+	// AccessLog logs one line per request, as the other fronts do.
+	AccessLog bool
+}
+
+// args returns the worker's options for cfg.
+func (cfg *FastCGIConfig) args() []string {
+	a := []string{"--fastcgi", "workers=" + strconv.Itoa(max(cfg.Workers, 1))}
+	if !cfg.KeepMount {
+		a = append(a, "mount="+strings.TrimRight(cfg.Mount, "/"))
+	}
+	if cfg.Timeout > 0 {
+		a = append(a, "timeout="+strconv.FormatFloat(cfg.Timeout.Seconds(), 'f', -1, 64))
+	}
+	if cfg.MaxRequests > 0 {
+		a = append(a, "max-requests="+strconv.Itoa(cfg.MaxRequests))
+	}
+	if cfg.Board != nil {
+		a = append(a, "slot="+strconv.Itoa(cfg.Slot))
+	}
+	if cfg.ReloadOnChange {
+		a = append(a, "reload-on-change=1")
+	}
+	if cfg.AccessLog {
+		a = append(a, "access-log=1")
+	}
+	if len(cfg.AllowedAddrs) > 0 {
+		allowed := make([]string, len(cfg.AllowedAddrs))
+		for i, addr := range cfg.AllowedAddrs {
+			allowed[i] = addr.Unmap().String()
+		}
+		a = append(a, "allow="+strings.Join(allowed, ","))
+	}
+	return append(a, "--")
 }
 
 // ResponseWriter is where a response goes. Both the CGI and the FastCGI
@@ -133,6 +203,8 @@ type Worker struct {
 	// unusable is set when the worker was killed, broke the protocol or
 	// said it exits after its request.
 	unusable atomic.Bool
+	// leaving is set when a FastCGI worker said it exits on purpose.
+	leaving atomic.Bool
 
 	mu       sync.Mutex
 	current  uint16 // the request being served, 0 between requests
@@ -168,13 +240,22 @@ func Start(cfg Config) (*Worker, error) {
 		toPy.Close()
 		return nil, fmt.Errorf("bridge: worker pipe: %w", err)
 	}
-	args := append([]string{"-c", bootstrap(len(workerSource), cfg.CacheDir, workerHash), cfg.App}, cfg.PythonPath...)
+	args := []string{"-c", bootstrap(len(workerSource), cfg.CacheDir, workerHash)}
+	files := []*os.File{pyIn, pyOut}
+	if cfg.FastCGI != nil {
+		args = append(args, cfg.FastCGI.args()...)
+		files = append(files, cfg.FastCGI.Listener)
+		if cfg.FastCGI.Board != nil {
+			files = append(files, cfg.FastCGI.Lobby[0], cfg.FastCGI.Lobby[1], cfg.FastCGI.Board)
+		}
+	}
+	args = append(append(args, cfg.App), cfg.PythonPath...)
 	cmd := exec.Command(path, args...)
 	cmd.Dir = cfg.Dir
 	cmd.Env = cfg.Env
 	cmd.Stdout = out
 	cmd.Stderr = out
-	cmd.ExtraFiles = []*os.File{pyIn, pyOut}
+	cmd.ExtraFiles = files
 	// Its own process group, so a kill reaches what the app started; and
 	// killed with us, so no worker outlives the bridge.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -560,6 +641,81 @@ func (w *Worker) Close(grace time.Duration) {
 	}
 	w.fromPy.Close()
 }
+
+// Watch reads what a FastCGI worker reports (see FastCGIConfig) until it
+// exits: log lines, and whether it leaves on purpose (Leaving).
+func (w *Worker) Watch() {
+	for {
+		h, err := readHeader(w.r, &w.hdr)
+		if err != nil {
+			return
+		}
+		switch h.kind {
+		case frameLog:
+			msg, err := w.readPayload(h.size, maxLogFrame)
+			if err != nil {
+				return
+			}
+			level := slog.LevelInfo
+			switch h.flags {
+			case logWarn:
+				level = slog.LevelWarn
+			case logError:
+				level = slog.LevelError
+			}
+			w.log.Log(context.Background(), level, string(msg))
+		case frameAccess:
+			entry, err := w.readPayload(h.size, maxLogFrame)
+			if err != nil {
+				return
+			}
+			w.logAccess(entry)
+		case frameFinished:
+			if h.flags&finishedExiting != 0 {
+				w.leaving.Store(true)
+			}
+		case frameChanged:
+			file, err := w.readPayload(h.size, maxLogFrame)
+			if err != nil {
+				return
+			}
+			if w.cfg.FastCGI.Changed != nil {
+				w.cfg.FastCGI.Changed(string(file))
+			}
+		default:
+			w.log.Error("worker broke the protocol; killing it", "frame", string(rune(h.kind)))
+			w.Kill()
+			return
+		}
+	}
+}
+
+// logAccess logs a FastCGI worker's access-log entry with the same
+// attributes as the gateway's: method, uri, status, bytes, duration.
+func (w *Worker) logAccess(entry []byte) {
+	f := strings.Split(string(entry), "\x00")
+	if len(f) != 5 {
+		w.log.Warn("worker sent a malformed access-log entry", "entry", string(entry))
+		return
+	}
+	status, _ := strconv.Atoi(f[2])
+	n, _ := strconv.ParseInt(f[3], 10, 64)
+	us, _ := strconv.ParseInt(f[4], 10, 64)
+	w.log.Info("request", "method", f[0], "uri", f[1], "status", status, "bytes", n,
+		"duration", time.Duration(us)*time.Microsecond)
+}
+
+// Resume tells a FastCGI worker waiting after a code change that the new
+// code failed to start: it serves on with the code it has.
+func (w *Worker) Resume() {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	_, _ = w.toPy.Write([]byte{'r'})
+}
+
+// Leaving reports whether a FastCGI worker said it exits on purpose
+// (after its max requests, or after SystemExit in the app).
+func (w *Worker) Leaving() bool { return w.leaving.Load() }
 
 // Exited is closed when the worker process has exited.
 func (w *Worker) Exited() <-chan struct{} { return w.exited }

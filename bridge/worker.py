@@ -35,6 +35,7 @@ the middle of writing a frame.
 
 # _signal, not signal: the signal module imports enum, 4 ms of a cold start.
 import _signal
+import io
 import marshal
 import os
 import struct
@@ -45,6 +46,8 @@ HEADER = struct.Struct(">BBHI")
 REQUEST, BODY, BODY_END = ord("R"), ord("B"), ord("E")
 READY, IMPORT_FAILED = ord("Y"), ord("I")
 HEAD, DATA, LOG, FINISHED, ABORTED = ord("H"), ord("D"), ord("L"), ord("F"), ord("X")
+CHANGED = ord("C")  # FastCGI workers: the app's code changed; payload: the file
+ACCESS = ord("A")  # FastCGI workers, --access-log: method, uri, status, bytes, microseconds
 
 # Request flags.
 RUN_ONCE, INPUT_TERMINATED = 1, 2
@@ -54,7 +57,7 @@ FLUSH = 1
 # worker exits after this request.
 APP_ERROR, EXITING = 1, 2
 # LOG flags (levels).
-LOG_WARN, LOG_ERROR = 1, 2
+LOG_INFO, LOG_WARN, LOG_ERROR = 0, 1, 2
 
 MAX_HEADER_BLOCK = 32 * 1024
 MAX_FRAME = 1 << 20
@@ -114,6 +117,12 @@ def check_status(status):
     return raw
 
 
+# Header lines already checked, with their Content-Length or None: an app
+# sends the same few headers again and again. Bounded, and only short
+# values, as values can come from clients (cookies, redirects).
+checked_lines = {}
+
+
 def header_block(status, headers):
     """Validates a status and header list and returns the CGI header block."""
     raw = check_status(status)
@@ -122,6 +131,13 @@ def header_block(status, headers):
     lines = [b"Status: " + raw]
     length = None
     for item in headers:
+        if type(item) is tuple and len(item) == 2 and type(item[0]) is str and type(item[1]) is str:
+            hit = checked_lines.get(item)
+            if hit is not None:
+                lines.append(hit[0])
+                if hit[1] is not None:
+                    length = hit[1]
+                continue
         if type(item) is not tuple or len(item) != 2:
             raise AppError("each response header must be a (name, value) tuple: %r" % (item,))
         name, value = item
@@ -145,7 +161,10 @@ def header_block(status, headers):
             if not bvalue.isdigit() or len(bvalue) > 18:
                 raise AppError("invalid Content-Length %r" % value)
             length = int(bvalue)
-        lines.append(bname + b": " + bvalue)
+        line = bname + b": " + bvalue
+        lines.append(line)
+        if len(value) <= 64 and len(checked_lines) < 1024:
+            checked_lines[item] = (line, length if lower == "content-length" else None)
     lines.append(b"\r\n")
     block = b"\r\n".join(lines)
     if len(block) > MAX_HEADER_BLOCK:
@@ -274,6 +293,9 @@ class Response:
         self.out.write(HEADER.pack(kind, flags, self.rid, len(payload)))
         self.out.write(payload)
 
+    def log(self, level, message):
+        self.frame(LOG, message.encode("utf-8", "replace"), level)
+
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
             try:
@@ -312,8 +334,8 @@ class Response:
         if not data:
             return
         if self.length is not None and self.sent + len(data) > self.length:
-            log(self.out, self.rid, LOG_WARN, "app sent more than its Content-Length of %d; "
-                "the excess is dropped" % self.length)
+            self.log(LOG_WARN, "app sent more than its Content-Length of %d; "
+                     "the excess is dropped" % self.length)
             data = data[:self.length - self.sent]
         self.sent += len(data)
         if self.omit_body:
@@ -323,7 +345,10 @@ class Response:
         for i in range(0, len(data), MAX_FRAME):
             self.frame(DATA, data[i:i + MAX_FRAME], flags)
         if flags & FLUSH:
-            self.out.flush()
+            self.flush()
+
+    def flush(self):
+        self.out.flush()
 
     def finish(self):
         if self.block is None:
@@ -333,21 +358,22 @@ class Response:
         if not self.headers_sent:
             self.send_headers()
         self.frame(FINISHED)
-        self.out.flush()
+        self.flush()
 
-    def fail(self, summary, exiting=False):
-        """Ends the request after an app error: a 500 if nothing was sent, else an abort."""
+    def fail(self, summary, exiting=False, status=500):
+        """Ends the request after an error: an error page if nothing was sent, else an abort."""
         if self.headers_sent:
             self.frame(ABORTED, summary.encode("utf-8", "replace"), EXITING if exiting else 0)
         else:
-            body = b"Internal Server Error\n"
-            self.frame(HEAD, b"Status: 500 Internal Server Error\r\n"
+            reason = "Gateway Timeout" if status == 504 else "Internal Server Error"
+            body = reason.encode() + b"\n"
+            self.frame(HEAD, b"Status: %d %s\r\n"
                        b"Content-Type: text/plain; charset=utf-8\r\n"
-                       b"Content-Length: %d\r\n\r\n" % len(body))
+                       b"Content-Length: %d\r\n\r\n" % (status, reason.encode(), len(body)))
             if not self.omit_body:
                 self.frame(DATA, body)
             self.frame(FINISHED, flags=APP_ERROR | (EXITING if exiting else 0))
-        self.out.flush()
+        self.flush()
 
 
 def read_exact(rin, n):
@@ -361,18 +387,12 @@ def read_header(rin):
     return HEADER.unpack(read_exact(rin, 8))
 
 
-def log(out, rid, level, message):
-    data = message.encode("utf-8", "replace")
-    out.write(HEADER.pack(LOG, level, rid, len(data)))
-    out.write(data)
-
-
 def describe(environ):
     return "%s %s%s" % (environ.get("REQUEST_METHOD"), environ.get("SCRIPT_NAME", ""),
                         environ.get("PATH_INFO", ""))
 
 
-def report(out, rid, environ, exc):
+def report(resp, environ, exc):
     """Logs an app error: the traceback on stderr, one summary line to the bridge."""
     import traceback
     where = describe(environ)
@@ -384,7 +404,7 @@ def report(out, rid, environ, exc):
     sys.stderr.write("wsgibridge: traceback for %s\n%s" % (
         where, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
     sys.stderr.flush()
-    log(out, rid, LOG_ERROR, summary)
+    resp.log(LOG_ERROR, summary)
     return summary
 
 
@@ -398,8 +418,8 @@ BASE_ENVIRON = {
 
 
 def handle(app, rin, out, flags, rid, payload):
-    """Serves one request; returns True when the worker should exit after it."""
-    global app_running, stop_pending
+    """Serves one request from the pipe; returns True when the worker should exit after it."""
+    global stop_pending
     stop_pending = False
     environ = marshal.loads(payload)
     environ.update(BASE_ENVIRON)
@@ -407,7 +427,16 @@ def handle(app, rin, out, flags, rid, payload):
     if flags & INPUT_TERMINATED:
         environ["wsgi.input_terminated"] = True
     inp = environ["wsgi.input"] = Input(rin, rid)
-    resp = Response(out, rid, environ["REQUEST_METHOD"] == "HEAD")
+    exiting = run_app(app, environ, Response(out, rid, environ["REQUEST_METHOD"] == "HEAD"))
+    if not exiting:
+        inp.drain()
+    return exiting
+
+
+def run_app(app, environ, resp):
+    """Calls the app and sends its response; returns True when the worker
+    should exit after this request."""
+    global app_running
     try:
         app_running = True
         result = app(environ, resp.start_response)
@@ -426,19 +455,781 @@ def handle(app, rin, out, flags, rid, payload):
                 try:
                     close()
                 except BaseException as exc:
-                    report(out, rid, environ, exc)
+                    report(resp, environ, exc)
         resp.finish()
-    except (ProtocolError, BrokenPipeError):
+    except (ProtocolError, BrokenPipeError, ConnClosed):
         raise
     except BaseException as exc:
         app_running = False
         # Interpreter state is suspect after these; a fresh worker is cheap.
         exiting = isinstance(exc, (SystemExit, KeyboardInterrupt, MemoryError))
-        resp.fail(report(out, rid, environ, exc), exiting)
-        if exiting:
-            return True
-    inp.drain()
+        resp.fail(report(resp, environ, exc), exiting, 504 if isinstance(exc, Stop) else 500)
+        return exiting
     return False
+
+
+# FastCGI: in the daemon the worker takes connections from the listening
+# socket itself and answers the web server directly, so a request crosses
+# no process but this one; the Go side supervises (starts, stops, reloads,
+# enforces the timeout) and hears only log lines on fd 4.
+
+FCGI_BEGIN, FCGI_ABORT, FCGI_END, FCGI_PARAMS, FCGI_STDIN, FCGI_STDOUT = 1, 2, 3, 4, 5, 6
+FCGI_DATA, FCGI_GET_VALUES, FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE = 8, 9, 10, 11
+FCGI_RESPONDER, FCGI_KEEP_CONN = 1, 1
+REQUEST_COMPLETE, CANT_MPX_CONN, UNKNOWN_ROLE = 0, 1, 3
+RECORD = struct.Struct(">BBHHBx")
+END_REQUEST = struct.Struct(">BBHHBxIB3x")
+MAX_RECORD_CONTENT = 65528  # a multiple of 8: full records need no padding
+MAX_PARAMS_BYTES = 256 * 1024
+MAX_PARAMS = 1000
+BODY_MEMORY = 1 << 20
+STALL_AFTER = 0.02  # seconds
+MSG_CMSG_CLOEXEC = 0x40000000  # Linux; not in the socket module
+SERVED = struct.Struct("<Q")  # a worker's request count on the board, at 64 + 8 * slot
+RUNNING = 576  # board[RUNNING + slot] is 1 while the worker's app runs under a timeout
+
+
+def mtime(path):
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+class ConnClosed(Exception):
+    """The connection ended or broke; it is closed without a reply."""
+
+
+MSG_DONTWAIT = 0x40  # Linux
+
+
+class Conn:
+    """One connection from the web server, with its read buffer. Reads and
+    writes try first without waiting; only when the web server is not
+    ready do they wait, and then at most TIMEOUT seconds (a poll costs a
+    call only then, where socket timeouts would cost two per connection)."""
+
+    TIMEOUT = 60  # seconds the web server may leave a request stalled
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = bytearray()
+        self.keep = False
+        self.cut_short = False
+        self.passed = False
+
+    def wait(self, event):
+        import select
+        p = select.poll()
+        p.register(self.fd, event)
+        if not p.poll(self.TIMEOUT * 1000):
+            raise ConnClosed("the web server went silent for %ds" % self.TIMEOUT)
+
+    def fill(self):
+        while True:
+            try:
+                data = self.sock.recv(65536, MSG_DONTWAIT)
+                break
+            except BlockingIOError:
+                self.wait(1)  # POLLIN
+            except OSError as exc:
+                raise ConnClosed(str(exc)) from None
+        if not data:
+            raise ConnClosed("the web server closed the connection")
+        self.buf += data
+
+    def fill_nowait(self):
+        """Reads what has arrived without waiting: True if something did,
+        False if nothing yet, None if the connection is closed."""
+        try:
+            data = self.sock.recv(65536, MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return None
+        if not data:
+            return None
+        self.buf += data
+        return True
+
+    def record(self):
+        """Returns the next record's (type, request id, content)."""
+        buf = self.buf
+        while len(buf) < 8:
+            self.fill()
+        version, kind, rid, n, pad = RECORD.unpack_from(buf)
+        if version != 1:
+            raise ConnClosed("not FastCGI (version byte %d)" % version)
+        end = 8 + n + pad
+        while len(buf) < end:
+            self.fill()
+        content = bytes(buf[8:8 + n])
+        del buf[:end]
+        return kind, rid, content
+
+    def send(self, data):
+        while True:
+            try:
+                sent = self.sock.send(data, MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise ConnClosed(str(exc)) from None
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self.wait(4)  # POLLOUT
+
+    def close(self):
+        self.sock.close()
+
+
+def end_request(rid, status=REQUEST_COMPLETE):
+    return END_REQUEST.pack(1, FCGI_END, rid, 8, 0, 0, status)
+
+
+def stdout_records(rid, data):
+    parts = []
+    for i in range(0, len(data), MAX_RECORD_CONTENT):
+        chunk = data[i:i + MAX_RECORD_CONTENT]
+        n = len(chunk)
+        pad = -n & 7
+        parts.append(RECORD.pack(1, FCGI_STDOUT, rid, n, pad))
+        parts.append(chunk)
+        if pad:
+            parts.append(bytes(pad))
+    return b"".join(parts)
+
+
+def decode_pairs(data, pairs, limit):
+    """Adds the name-value pairs in data to the pairs dict (latin-1 str)."""
+    text = data.decode("latin-1")  # one decode; the pairs are slices of it
+    i, n = 0, len(data)
+    try:
+        while i < n:
+            ln = data[i]
+            if ln >= 128:
+                ln = int.from_bytes(data[i:i + 4], "big") & 0x7FFFFFFF
+                i += 4
+            else:
+                i += 1
+            lv = data[i]
+            if lv >= 128:
+                lv = int.from_bytes(data[i:i + 4], "big") & 0x7FFFFFFF
+                i += 4
+            else:
+                i += 1
+            j = i + ln
+            i = j + lv
+            pairs[text[j - ln:j]] = text[j:i]
+    except IndexError:
+        raise ConnClosed("malformed params") from None
+    if i != n:
+        raise ConnClosed("malformed params")
+    if len(pairs) > limit:
+        raise ConnClosed("more than %d params" % limit)
+
+
+class FastCGIResponse(Response):
+    """A Response sent as FCGI_STDOUT records on the connection."""
+
+    def __init__(self, conn, rid, omit_body, ctl):
+        Response.__init__(self, None, rid, omit_body)
+        self.conn = conn
+        self.ctl = ctl
+        self.pending = []
+        self.cut_short = False
+        self.aborted = False  # the web server gave the request up
+        self.status = b"-"
+
+    def frame(self, kind, payload=b"", flags=0):
+        if kind == HEAD:
+            self.status = payload[8:11]
+            self.pending.append(stdout_records(self.rid, payload))
+        elif kind == DATA:
+            self.pending.append(stdout_records(self.rid, payload))
+        elif kind == FINISHED:
+            self.pending.append(RECORD.pack(1, FCGI_STDOUT, self.rid, 0, 0) + end_request(self.rid))
+        elif kind == ABORTED:
+            # No END_REQUEST: the connection is closed, which is how the web
+            # server learns that the response is incomplete.
+            self.cut_short = not self.aborted
+        else:
+            self.ctl.write(HEADER.pack(kind, flags, self.rid, len(payload)) + payload)
+            self.ctl.flush()
+
+    def refuse(self, status):
+        reason = b"Bad Request" if status == 400 else b"Internal Server Error"
+        body = reason + b"\n"
+        self.frame(HEAD, b"Status: %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                   b"Content-Length: %d\r\n\r\n" % (status, reason, len(body)))
+        if not self.omit_body:
+            self.frame(DATA, body)
+        self.frame(FINISHED)
+        self.flush()
+
+    def flush(self):
+        if self.aborted:
+            self.pending = []
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending = []
+            self.conn.send(data)
+
+
+
+class Refused(Exception):
+    """A request refused before the app sees it; status is what the client gets."""
+
+    def __init__(self, status, message):
+        Exception.__init__(self, message)
+        self.status = status
+
+
+HTTP_NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+DROPPED = frozenset(("HTTP_PROXY", "HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"))
+METHOD_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Names already judged, so that the rules cost a lookup per variable on
+# the usual request; bounded, as names come from clients (HTTP_*).
+name_ok = {}
+
+
+def valid_name(name):
+    ok = name_ok.get(name)
+    if ok is None:
+        if not name or name.startswith("wsgi.") or "=" in name or name in DROPPED:
+            ok = False
+        elif name.startswith("HTTP_"):
+            ok = len(name) > 5 and HTTP_NAME.issuperset(name[5:])
+        else:
+            ok = True
+        if len(name_ok) < 4096:
+            name_ok[name] = ok
+    return ok
+
+
+# For each set of names a web server sends (nginx sends the same ones
+# every time), the names the rules drop; bounded like name_ok.
+dropped_names = {}
+
+
+def make_environ(params, mount):
+    """The PEP 3333 environ for a request's CGI params, by the same rules as
+    the Go side's (bridge/request.go): returns (environ, content length or
+    -1, whether a body without a length runs to its end). params becomes
+    the environ."""
+    if "\0" in "".join(params) or "\0" in "".join(params.values()):
+        raise Refused(400, "NUL byte in a variable")
+    names = tuple(params)
+    drop = dropped_names.get(names)
+    if drop is None:
+        drop = [name for name in names if not valid_name(name)]
+        if len(dropped_names) < 256:
+            dropped_names[names] = drop
+    env = params
+    for name in drop:
+        del env[name]
+    length = -1
+    cl = env.pop("CONTENT_LENGTH", "")
+    if cl:
+        if not cl.isdigit() or not cl.isascii() or len(cl) > 18:
+            raise Refused(400, "invalid CONTENT_LENGTH %r" % cl)
+        length = int(cl)
+        env["CONTENT_LENGTH"] = cl
+    method = env.get("REQUEST_METHOD", "")
+    if not method or not METHOD_CHARS.issuperset(method):
+        raise Refused(500, "gateway misconfigured: REQUEST_METHOD is %r" % method)
+    proto = env.get("SERVER_PROTOCOL", "")
+    if proto[:5] != "HTTP/" or len(proto) == 5 or proto[5:].strip("0123456789."):
+        raise Refused(500, "gateway misconfigured: SERVER_PROTOCOL is %r" % proto)
+    script = env.get("SCRIPT_NAME", "")
+    path = env.get("PATH_INFO", "")
+    if mount is not None:
+        path = path or env.get("DOCUMENT_URI", "") or script
+        if path.startswith(mount) and (len(path) == len(mount) or path[len(mount)] == "/"):
+            path = path[len(mount):]
+        script = mount
+    elif script.endswith("/"):
+        script = script.rstrip("/")
+        path = "/" + path.lstrip("/")
+    env["SCRIPT_NAME"] = script
+    env["PATH_INFO"] = path
+    env.setdefault("QUERY_STRING", "")
+    https = env.get("HTTPS", "").lower()
+    scheme = "https" if https in ("on", "1") or env.get("REQUEST_SCHEME", "").lower() == "https" else "http"
+    env["wsgi.url_scheme"] = scheme
+    if not env.get("SERVER_NAME") or not env.get("SERVER_PORT"):
+        host = env.get("HTTP_HOST", "")
+        port = "443" if scheme == "https" else "80"
+        name = host or "localhost"
+        i = host.rfind(":")
+        if i >= 0 and "]" not in host[i:]:
+            name = host[:i]
+            port = host[i + 1:] or port
+        if not env.get("SERVER_NAME"):
+            env["SERVER_NAME"] = name
+        if not env.get("SERVER_PORT"):
+            env["SERVER_PORT"] = port
+    to_eof = length < 0 and "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower()
+    return env, length, to_eof
+
+
+class Body:
+    """Collects a request body: in memory up to BODY_MEMORY, then in an
+    unlinked temporary file, keeping at most limit bytes (-1: all)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.parts = []
+        self.size = 0
+        self.file = None
+
+    def add(self, data):
+        if self.limit >= 0:
+            data = data[:self.limit - self.size]
+        if not data:
+            return
+        self.size += len(data)
+        if self.file is not None:
+            self.file.write(data)
+            return
+        self.parts.append(data)
+        if self.size > BODY_MEMORY:
+            import tempfile
+            self.file = tempfile.TemporaryFile()
+            self.file.write(b"".join(self.parts))
+            self.parts = None
+
+    def reader(self):
+        if self.file is None:
+            return io.BytesIO(b"".join(self.parts))
+        self.file.seek(0)
+        return self.file
+
+
+class FastCGIServer:
+    """Serves FastCGI connections taken from the listening socket until
+    fd 3 closes (the bridge retires this worker) or max_requests are done."""
+
+    IDLE_TIMEOUT = 75.0  # a kept connection with no request is closed after it
+
+    def __init__(self, app, listener, ctl, opts):
+        self.app = app
+        self.listener = listener
+        self.ctl = ctl
+        self.mount = opts.get("mount")
+        self.timeout = float(opts.get("timeout", 0))
+        self.max_requests = int(opts.get("max-requests", 0))
+        self.max_conns = opts.get("workers", "1")
+        self.access_log = "access-log" in opts
+        self.served = 0
+        self.conns = {}
+        self.board = self.slot = self.current = self.current_resp = None
+        self.alarm_armed = self.stalled = self.watching = False
+        self.started = 0.0
+        import time
+        self.clock = time.monotonic
+        self.allowed = frozenset(opts["allow"].split(",")) if "allow" in opts else None
+        self.watched = opts.get("files")
+        if "slot" in opts:
+            import mmap
+            self.board = mmap.mmap(8, 4096)
+            self.slot = int(opts["slot"])
+
+    def serve(self):
+        import select
+        import socket
+        import time
+        ep = select.epoll()
+        lfd = self.listener.fileno()
+        # Exclusive: a new connection, or a connection passed on by a busy
+        # peer, wakes one idle worker, not all.
+        ep.register(lfd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        ep.register(3, select.EPOLLIN)
+        lobby = None
+        if self.board is not None:
+            lobby = socket.socket(fileno=7)
+            ep.register(7, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            self.lobby_out = socket.socket(fileno=6)
+        self.ep, self.socket = ep, socket
+        clock = time.monotonic
+        board, slot = self.board, self.slot
+        while True:
+            timeout = self.IDLE_TIMEOUT if self.conns else -1
+            if board is not None:
+                board[slot] = 1
+            events = ep.poll(timeout)
+            if board is not None:
+                board[slot] = 0
+            # Events become objects before anything is closed, so a number
+            # reused by an accept below cannot be mistaken for another.
+            items = []
+            for fd, _ in events:
+                if fd == 3:
+                    return self.close_all()
+                items.append(self.conns[fd][0] if fd in self.conns else fd)
+            ready = [x for x in items if type(x) is Conn and not x.buf]
+            if len(ready) > 1 and board is not None and 1 in board[:64]:
+                # Another worker waits idle: it takes the other ready
+                # connections, so no request waits behind ours.
+                for conn in ready[1:]:
+                    self.pass_conn(conn)
+            if self.watched is not None and self.code_changed() and self.retired():
+                return self.close_all()
+            for item in items:
+                if type(item) is Conn:
+                    conn = item
+                    if conn.passed:
+                        continue
+                    if self.serve_conn(conn):
+                        self.conns[conn.fd] = (conn, clock())
+                    else:
+                        self.drop(ep, conn)
+                    continue
+                if item == lfd:
+                    try:
+                        sock, _ = self.listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    if self.allowed is not None and not self.allowed_peer(sock):
+                        sock.close()
+                        continue
+                    conn = Conn(sock)
+                elif item == 7:
+                    fd = self.receive_conn(lobby)
+                    if fd is None:
+                        continue
+                    conn = Conn(socket.socket(fileno=fd))
+                else:
+                    continue
+                # Served now only if its request is there: a connection
+                # may come without one yet (an idle one passed on, a web
+                # server slow to write), and must not hold up the others.
+                ready = conn.fill_nowait()
+                if ready is None:
+                    conn.close()
+                    continue
+                if ready and not self.serve_conn(conn):
+                    conn.close()
+                    continue
+                self.conns[conn.fd] = (conn, clock())
+                ep.register(conn.fd, select.EPOLLIN)
+            if self.max_requests and self.served >= self.max_requests:
+                self.ctl.write(HEADER.pack(FINISHED, EXITING, 0, 0))
+                self.ctl.flush()
+                return self.close_all()
+            if self.conns:
+                now = clock()
+                for fd, (conn, since) in list(self.conns.items()):
+                    if now - since > self.IDLE_TIMEOUT:
+                        ep.unregister(fd)
+                        del self.conns[fd]
+                        conn.close()
+
+    def drop(self, ep, conn):
+        if self.conns.pop(conn.fd, (None,))[0] is conn:
+            ep.unregister(conn.fd)
+        conn.close()
+
+    def pass_conn(self, conn):
+        """Gives conn to another worker through the lobby; False if it cannot."""
+        try:
+            self.socket.send_fds(self.lobby_out, [b"c"], [conn.fd])
+        except OSError:
+            return False
+        conn.passed = True
+        self.drop(self.ep, conn)
+        return True
+
+    def allowed_peer(self, sock):
+        """FCGI_WEB_SERVER_ADDRS: a TCP peer must be one of the allowed
+        addresses; unix sockets are guarded by their file mode instead."""
+        if sock.family not in (self.socket.AF_INET, self.socket.AF_INET6):
+            return True
+        addr = sock.getpeername()[0]
+        if addr.startswith("::ffff:") and "." in addr:
+            addr = addr[7:]
+        if addr in self.allowed:
+            return True
+        self.log(LOG_WARN, "fastcgi: refused a connection from %s, not in FCGI_WEB_SERVER_ADDRS" % addr)
+        return False
+
+    def code_changed(self):
+        """With --reload-on-change: True (and the bridge told) when one of
+        the app's files changed since this worker imported it."""
+        for path, seen in self.watched:
+            if mtime(path) != seen:
+                data = path.encode("utf-8", "surrogateescape")
+                self.ctl.write(HEADER.pack(CHANGED, 0, 0, len(data)) + data)
+                self.ctl.flush()
+                return True
+        return False
+
+    def retired(self):
+        """Serves nothing more with old code: waits until the bridge, having
+        started workers with the new code, retires this one (True; its
+        connections, and the requests waiting on them, go to the new ones),
+        or says the new code failed to start (a byte on fd 3; False: this
+        worker serves on with the code it has)."""
+        if not os.read(3, 1):
+            return True
+        self.watched = [(path, mtime(path)) for path, _ in self.watched]
+        return False
+
+    def receive_conn(self, lobby):
+        """Takes a connection another worker passed on, or None if another
+        idle worker took it first. (socket.recv_fds would block: the
+        Python versions we run on ignore its flags.)"""
+        socket = self.socket
+        try:
+            _, ancdata, _, _ = lobby.recvmsg(1, socket.CMSG_LEN(4), socket.MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return None
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+                return int.from_bytes(data[:4], sys.byteorder)
+        return None
+
+    def arm(self, delay):
+        self.alarm_armed = True
+        _signal.setitimer(_signal.ITIMER_REAL, max(delay, 0.001))
+
+    def on_alarm(self, signum, frame):
+        """Looks at the request in progress: one running past STALL_AFTER
+        passes this worker's other connections to idle peers and listens
+        for its abort; one past the timeout is stopped. The alarm is not
+        rearmed once the worker is idle, and is armed once for a run of
+        short requests, not for each."""
+        self.alarm_armed = False
+        if self.current is None:
+            return
+        elapsed = self.clock() - self.started
+        if self.timeout and elapsed >= self.timeout:
+            if app_running:
+                self.log(LOG_ERROR, "the app ran longer than the %gs timeout; stopping it" % self.timeout)
+            return on_stop(signum, frame)
+        watch_stall = self.board is not None and not self.stalled
+        if watch_stall and elapsed >= STALL_AFTER:
+            if not app_running:
+                return self.arm(0.005)  # it is writing its response: look again soon
+            self.stalled = True
+            if self.timeout:
+                self.arm(self.timeout - elapsed)
+            for conn, _ in list(self.conns.values()):
+                if conn is not self.current and not conn.buf:
+                    self.pass_conn(conn)
+            return self.watch_abort(True)
+        if watch_stall:
+            self.arm(STALL_AFTER - elapsed)
+        elif self.timeout:
+            self.arm(self.timeout - elapsed)
+
+    def watch_abort(self, on):
+        """A request that runs long hears of its abort (FCGI_ABORT_REQUEST,
+        or the connection closed) by SIGIO, so its app is stopped then."""
+        import fcntl
+        fd = self.current.fd
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if on:
+            fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_ASYNC)
+            self.on_io(0, None)  # what came before
+        else:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_ASYNC)
+        self.watching = on
+
+    def on_io(self, signum, frame):
+        resp = self.current_resp
+        if not app_running or resp is None or resp.aborted:
+            return
+        try:
+            data = self.current.sock.recv(65536, self.socket.MSG_PEEK | self.socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            data = bytes(self.current.buf) + data
+            abort = RECORD.pack(1, FCGI_ABORT, resp.rid, 0, 0)
+            if abort not in data:
+                return
+            self.log(LOG_INFO, "fastcgi: the web server aborted the request; stopping the app")
+        else:
+            self.log(LOG_INFO, "fastcgi: the web server closed the connection; stopping the app")
+        resp.aborted = True
+        raise stopped()
+
+    def close_all(self):
+        """Leaves: the kept connections go to the other workers (a reload's
+        new ones, or the peers of a worker that served its max requests),
+        so nginx never finds one closed under a request."""
+        for conn, _ in list(self.conns.values()):
+            if conn.buf or self.board is None or not self.pass_conn(conn):
+                self.drop(self.ep, conn)
+        return 0
+
+    def log(self, level, message):
+        data = message.encode("utf-8", "replace")
+        self.ctl.write(HEADER.pack(LOG, level, 0, len(data)) + data)
+        self.ctl.flush()
+
+    def serve_conn(self, conn):
+        """Serves the next request on conn; True: keep the connection."""
+        try:
+            req = self.read_params(conn)
+            if req is None:
+                return False
+            self.run(conn, *req)
+        except ConnClosed as exc:
+            self.log(LOG_WARN, "fastcgi: closing a connection: %s" % exc)
+            return False
+        return conn.keep and not conn.cut_short
+
+    def read_params(self, conn):
+        """Reads records up to the end of a request's params; returns
+        (id, params) or None when the web server closed the connection
+        between requests."""
+        rid = 0
+        params = []
+        size = 0
+        while True:
+            if not conn.buf and rid == 0:
+                try:
+                    conn.fill()
+                except ConnClosed:
+                    return None
+            kind, r, content = conn.record()
+            if r == 0:
+                self.management(conn, kind, content)
+            elif kind == FCGI_BEGIN:
+                if len(content) < 3:
+                    raise ConnClosed("short BEGIN_REQUEST")
+                role = (content[0] << 8) | content[1]
+                if rid:
+                    conn.send(end_request(r, CANT_MPX_CONN))
+                elif role != FCGI_RESPONDER:
+                    conn.send(end_request(r, UNKNOWN_ROLE))
+                else:
+                    rid, conn.keep = r, bool(content[2] & FCGI_KEEP_CONN)
+            elif r != rid:
+                continue  # a record of a request that ended or never began
+            elif kind == FCGI_ABORT:
+                conn.send(end_request(rid))
+                rid, params, size = 0, [], 0
+            elif kind == FCGI_PARAMS:
+                if not content:
+                    pairs = {}
+                    decode_pairs(b"".join(params), pairs, MAX_PARAMS)
+                    return rid, pairs
+                size += len(content)
+                if size > MAX_PARAMS_BYTES:
+                    raise ConnClosed("params over %d bytes" % MAX_PARAMS_BYTES)
+                params.append(content)
+            elif kind != FCGI_DATA:
+                raise ConnClosed("record type %d before the params ended" % kind)
+
+    def read_stdin(self, conn, rid, body):
+        """Reads the request's STDIN to its end, into body (None: dropped)."""
+        while True:
+            kind, r, content = conn.record()
+            if r == 0:
+                self.management(conn, kind, content)
+            elif r != rid:
+                if kind == FCGI_BEGIN:
+                    conn.send(end_request(r, CANT_MPX_CONN))
+            elif kind == FCGI_STDIN:
+                if not content:
+                    return True
+                if body is not None:
+                    body.add(content)
+            elif kind == FCGI_ABORT:
+                conn.send(end_request(rid))
+                return False
+            elif kind != FCGI_DATA:
+                raise ConnClosed("record type %d inside the request body" % kind)
+
+    def management(self, conn, kind, content):
+        if kind == FCGI_GET_VALUES:
+            asked = {}
+            decode_pairs(content, asked, MAX_PARAMS)
+            known = {"FCGI_MAX_CONNS": self.max_conns, "FCGI_MAX_REQS": self.max_conns, "FCGI_MPXS_CONNS": "0"}
+            out = b""
+            for name in asked:
+                if name in known:
+                    n, v = name.encode(), known[name].encode()
+                    out += bytes((len(n), len(v))) + n + v
+            pad = -len(out) & 7
+            conn.send(RECORD.pack(1, FCGI_GET_VALUES_RESULT, 0, len(out), pad) + out + bytes(pad))
+        else:
+            conn.send(RECORD.pack(1, FCGI_UNKNOWN_TYPE, 0, 8, 0) + bytes((kind,)) + bytes(7))
+
+    def run(self, conn, rid, pairs):
+        global stop_pending
+        stop_pending = False
+        self.served += 1
+        if self.board is not None:
+            SERVED.pack_into(self.board, 64 + 8 * self.slot, self.served)
+        resp = FastCGIResponse(conn, rid, pairs.get("REQUEST_METHOD") == "HEAD", self.ctl)
+        if self.access_log:
+            import time
+            start = time.monotonic()
+            method, uri = pairs.get("REQUEST_METHOD", ""), pairs.get("REQUEST_URI", "")
+        try:
+            self.respond(conn, rid, pairs, resp)
+        finally:
+            if self.access_log:
+                entry = "\0".join((method, uri, resp.status.decode("latin-1"), str(resp.sent),
+                                    str(int((time.monotonic() - start) * 1e6)))).encode("utf-8", "surrogateescape")
+                self.ctl.write(HEADER.pack(ACCESS, 0, 0, len(entry)) + entry)
+                self.ctl.flush()
+
+    def respond(self, conn, rid, pairs, resp):
+        try:
+            environ, length, to_eof = make_environ(pairs, self.mount)
+        except Refused as exc:
+            self.log(LOG_WARN, "request refused: %s" % exc)
+            if self.read_stdin(conn, rid, None):
+                resp.refuse(exc.status)
+            return
+        body = Body(length) if length > 0 or to_eof else None
+        # The whole body is read before the app runs: a web server may stop
+        # sending it once the response begins (nginx does).
+        if not self.read_stdin(conn, rid, body):
+            return
+        environ.update(BASE_ENVIRON)
+        environ["wsgi.run_once"] = False
+        environ["wsgi.input"] = body.reader() if body else io.BytesIO()
+        if to_eof:
+            environ["wsgi.input_terminated"] = True
+        timed = self.timeout or self.board is not None
+        if timed:
+            self.current, self.current_resp = conn, resp
+            self.started, self.stalled = self.clock(), False
+            if not self.alarm_armed:
+                self.arm(STALL_AFTER if self.board is not None else self.timeout)
+            if self.timeout and self.board is not None:
+                # The bridge kills this worker if the flag stays up past
+                # the timeout: an app stuck where Stop cannot reach it.
+                self.board[RUNNING + self.slot] = 1
+        try:
+            exiting = run_app(self.app, environ, resp)
+        except BrokenPipeError as exc:
+            raise ConnClosed(str(exc)) from None
+        finally:
+            if timed:
+                if self.timeout and self.board is not None:
+                    self.board[RUNNING + self.slot] = 0
+                if self.watching:
+                    self.watch_abort(False)
+                self.current = self.current_resp = None
+        if resp.aborted:
+            conn.send(end_request(rid))
+        conn.cut_short = resp.cut_short
+        if exiting:
+            self.ctl.write(HEADER.pack(FINISHED, EXITING, 0, 0))
+            self.ctl.flush()
+            raise SystemExit(0)
 
 
 def load_app(spec):
@@ -488,7 +1279,29 @@ def app_files(spec, pythonpath):
     return sorted(files)
 
 
+def watch_list(files, imported_at):
+    """The files to watch with their mtimes as imported. A file changed
+    while the app imported (or just before: file times are coarse) counts
+    as changed already, as its new code may not be what runs. (A time in
+    the future, as copies from a machine whose clock is ahead have, does
+    not: it would reload every new worker.)"""
+    import time
+    now = time.time_ns()
+    out = []
+    for path in files:
+        seen = mtime(path)
+        if seen is not None and imported_at - 20_000_000 < seen <= now:
+            seen = -1
+        out.append((path, seen))
+    return out
+
+
 def main(argv):
+    opts = None
+    if argv and argv[0] == "--fastcgi":
+        end = argv.index("--")
+        opts = dict(a.split("=", 1) for a in argv[1:end])
+        argv = argv[end + 1:]
     spec, pythonpath = argv[0], argv[1:]
     sys.argv = ["wsgibridge"]
     for d in reversed(pythonpath):
@@ -499,6 +1312,8 @@ def main(argv):
     rin = open(3, "rb", buffering=256 * 1024)
     out = open(4, "wb", buffering=256 * 1024)
     sys.stdout.reconfigure(line_buffering=True)
+    import time
+    imported_at = time.time_ns()
     try:
         app = load_app(spec)
     except BaseException as exc:
@@ -511,9 +1326,21 @@ def main(argv):
         out.write(HEADER.pack(IMPORT_FAILED, 0, 0, len(data)) + data)
         out.flush()
         return 3
-    files = "\n".join(app_files(spec, pythonpath)).encode("utf-8", "surrogateescape")
-    out.write(HEADER.pack(READY, 0, 0, len(files)) + files)
+    files = app_files(spec, pythonpath)
+    if opts is not None and "reload-on-change" in opts:
+        opts["files"] = watch_list(files, imported_at)
+    data = "\n".join(files).encode("utf-8", "surrogateescape")
+    out.write(HEADER.pack(READY, 0, 0, len(data)) + data)
     out.flush()
+    if opts is not None:
+        import socket
+        os.set_inheritable(5, False)
+        listener = socket.socket(fileno=5)
+        listener.setblocking(False)
+        server = FastCGIServer(app, listener, out, opts)
+        _signal.signal(_signal.SIGALRM, server.on_alarm)
+        _signal.signal(_signal.SIGIO, server.on_io)
+        return server.serve()
     while True:
         head = rin.read(8)
         if not head:

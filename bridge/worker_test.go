@@ -69,7 +69,7 @@ type harness struct {
 	output *os.File
 }
 
-func probeApp(t *testing.T, callable string) string {
+func probeApp(t testing.TB, callable string) string {
 	p, err := filepath.Abs("../testdata/apps/probe.py")
 	require.NoError(t, err)
 	return p + ":" + callable

@@ -213,5 +213,118 @@ class LoadAppTest(unittest.TestCase):
         self.assertIs(worker.load_app("os.path:join"), os.path.join)
 
 
+class PairsTest(unittest.TestCase):
+    def test_short_and_long_lengths(self):
+        value = "v" * 200
+        data = b"\x01\x02AXY" + b"\x04\x80\x00\x00\xc8PATH" + value.encode() + b"\x03\x02CAF\xc3\xa9"
+        pairs = {}
+        worker.decode_pairs(data, pairs, 10)
+        self.assertEqual(pairs, {"A": "XY", "PATH": value, "CAF": "\xc3\xa9"})
+
+    def test_malformed(self):
+        for data in (b"\x05\x01a", b"\x80\x00", b"\x01", b"\x01\x01ab\x00"):
+            with self.assertRaises(worker.ConnClosed, msg=data):
+                worker.decode_pairs(data, {}, 10)
+
+    def test_too_many(self):
+        with self.assertRaisesRegex(worker.ConnClosed, "more than 2 params"):
+            worker.decode_pairs(b"\x01\x00a\x01\x00b\x01\x00c", {}, 2)
+
+
+class RecordsTest(unittest.TestCase):
+    def test_stdout_split_and_padded(self):
+        data = b"x" * (worker.MAX_RECORD_CONTENT + 3)
+        out = worker.stdout_records(7, data)
+        first = worker.RECORD.unpack_from(out)
+        self.assertEqual(first, (1, worker.FCGI_STDOUT, 7, worker.MAX_RECORD_CONTENT, 0))
+        second = worker.RECORD.unpack_from(out, 8 + worker.MAX_RECORD_CONTENT)
+        self.assertEqual(second, (1, worker.FCGI_STDOUT, 7, 3, 5))
+        self.assertEqual(len(out), 8 + worker.MAX_RECORD_CONTENT + 8 + 3 + 5)
+
+    def test_end_request(self):
+        self.assertEqual(worker.end_request(2, worker.CANT_MPX_CONN),
+                         bytes([1, 3, 0, 2, 0, 8, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]))
+
+
+class BodyTest(unittest.TestCase):
+    def test_memory_then_file_and_limit(self):
+        body = worker.Body(worker.BODY_MEMORY + 10)
+        body.add(b"a" * worker.BODY_MEMORY)
+        self.assertIsNone(body.file)
+        body.add(b"b" * 100)
+        self.assertIsNotNone(body.file)
+        with body.reader() as r:
+            data = r.read()
+        self.assertEqual(len(data), worker.BODY_MEMORY + 10, "cut to the limit")
+        self.assertTrue(data.endswith(b"b" * 10))
+
+
+class WatchListTest(unittest.TestCase):
+    def test_changed_while_importing(self):
+        import tempfile
+        import time
+        with tempfile.TemporaryDirectory() as d:
+            old, new, future = (os.path.join(d, n) for n in ("old.py", "new.py", "future.py"))
+            for path in (old, new, future):
+                open(path, "w").close()
+            now = time.time()
+            os.utime(old, (now - 60, now - 60))
+            os.utime(future, (now + 3600, now + 3600))
+            imported_at = time.time_ns() - 1_000_000_000
+            got = dict(worker.watch_list([old, new, future, os.path.join(d, "gone.py")], imported_at))
+            self.assertEqual(got[old], os.stat(old).st_mtime_ns, "unchanged: its time is kept")
+            self.assertEqual(got[new], -1, "changed during the import: counts as changed")
+            self.assertEqual(got[future], os.stat(future).st_mtime_ns,
+                             "a future time is kept, or every new worker would reload")
+        self.assertIsNone(got[os.path.join(d, "gone.py")])
+
+
+class ConnTest(unittest.TestCase):
+    def setUp(self):
+        import socket
+        self.ours, self.server = socket.socketpair()
+        self.conn = worker.Conn(self.ours)
+        self.conn.TIMEOUT = 0.05
+        self.addCleanup(self.ours.close)
+        self.addCleanup(self.server.close)
+
+    def test_fill_waits_then_gives_up_on_a_silent_server(self):
+        self.server.send(b"abc")
+        self.conn.fill()
+        self.assertEqual(bytes(self.conn.buf), b"abc")
+        with self.assertRaisesRegex(worker.ConnClosed, "went silent"):
+            self.conn.fill()
+
+    def test_fill_sees_the_close(self):
+        self.server.close()
+        with self.assertRaisesRegex(worker.ConnClosed, "closed the connection"):
+            self.conn.fill()
+
+    def test_send_waits_for_a_slow_reader_then_gives_up(self):
+        import threading
+        data = b"x" * (4 << 20)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(self.server.recv(1 << 16)))
+        reader.start()
+        with self.assertRaisesRegex(worker.ConnClosed, "went silent"):
+            self.conn.send(data)  # the reader takes 64 KiB, then nothing
+        reader.join()
+        self.assertTrue(got[0])
+
+    def test_send_whole(self):
+        import threading
+        data = bytes(range(256)) * 8192  # 2 MiB: more than the socket holds
+        got = bytearray()
+
+        def read():
+            while len(got) < len(data):
+                got.extend(self.server.recv(1 << 16))
+        reader = threading.Thread(target=read)
+        reader.start()
+        self.conn.send(data)
+        reader.join()
+        self.assertEqual(bytes(got), data)
+
+
 if __name__ == "__main__":
     unittest.main()

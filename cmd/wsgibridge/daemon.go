@@ -22,6 +22,8 @@ import (
 
 // daemonFlags are the flags of the modes that keep a pool of workers.
 type daemonFlags struct {
+	// fastcgi, when set, makes the workers serve the listening socket.
+	fastcgi        *bridge.FastCGIConfig
 	s              settings
 	workers        int
 	backlog        int
@@ -132,7 +134,7 @@ func (d *daemonFlags) startPool(log *slog.Logger) (*bridge.Pool, int) {
 	pool, err := bridge.NewPool(bridge.PoolConfig{
 		Worker: bridge.Config{
 			App: d.s.app, Python: d.s.python, Dir: d.s.chdir, PythonPath: d.s.pythonpath,
-			Env: env, Logger: log, CacheDir: cacheDir,
+			Env: env, Logger: log, CacheDir: cacheDir, FastCGI: d.fastcgi,
 		},
 		Workers:           d.workers,
 		Backlog:           d.backlog,

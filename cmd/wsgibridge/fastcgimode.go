@@ -4,11 +4,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
+	"syscall"
+
+	"github.com/wsgibridge/wsgibridge/bridge"
 
 	"github.com/wsgibridge/wsgibridge/fastcgi"
 )
@@ -47,18 +51,53 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	if tcp, ok := l.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() && len(allowed) == 0 {
 		log.Warn("FastCGI has no authentication: anyone who reaches this address can send requests; prefer 127.0.0.1, a unix socket, or FCGI_WEB_SERVER_ADDRS", "bind", l.Addr().String())
 	}
-	return d.serve(log, l, func(g *gateway) (<-chan error, func(context.Context) error) {
-		srv := &fastcgi.Server{
-			Handler: g,
-			Logger:  log,
-			// The pool answers 503 when its queue is full; this cap bounds
-			// the requests the server holds at all (FCGI_OVERLOADED beyond).
-			MaxRequests:  max(1024, 2*(d.workers+d.backlog)),
-			AllowedAddrs: allowed,
+	lf, err := listenerFile(l)
+	if err != nil {
+		l.Close()
+		log.Error("cannot hand the socket to the workers", "err", err)
+		return exitFailed
+	}
+	// Our own copy leaves the poller, or every connection would wake us;
+	// the socket file stays until we stop.
+	if ul, ok := l.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+		if *bind != "" {
+			defer os.Remove(ul.Addr().String())
 		}
-		serveErr := make(chan error, 1)
-		go func() { serveErr <- srv.Serve(l) }()
+	}
+	l.Close()
+	d.fastcgi = &bridge.FastCGIConfig{Listener: lf, Mount: d.mount, KeepMount: d.mount == mountKeep,
+		Timeout: d.timeout, Workers: d.workers, ReloadOnChange: d.reloadOnChange,
+		AllowedAddrs: allowed, AccessLog: d.accessLog}
+	return d.serve(log, l, func(g *gateway) (<-chan error, func(context.Context) error) {
 		log.Info("serving FastCGI", "listen", l.Addr().String(), "app", d.s.app, "workers", g.pool.Stats().Pids)
-		return serveErr, srv.Shutdown
+		return nil, func(context.Context) error { return nil }
 	})
+}
+
+// listenerFile returns a duplicate of the listening socket for the
+// workers to inherit. It is made before l is closed, and made blocking
+// first: an os.File of a non-blocking descriptor would go into our poller
+// and be set blocking under the workers' feet when a worker starts (each
+// worker sets the socket non-blocking for itself).
+func listenerFile(l net.Listener) (*os.File, error) {
+	sc, ok := l.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("cannot share a %T", l)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	cerr := raw.Control(func(s uintptr) { fd, err = syscall.Dup(int(s)) })
+	if err = errors.Join(cerr, err); err != nil {
+		return nil, fmt.Errorf("dup the listening socket: %w", err)
+	}
+	syscall.CloseOnExec(fd)
+	if err := syscall.SetNonblock(fd, false); err != nil {
+		syscall.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "listener"), nil
 }

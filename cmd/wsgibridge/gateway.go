@@ -1,11 +1,10 @@
 package main
 
-// This file holds the gateway from the fronts (FastCGI, HTTP) to the pool.
+// This file holds the gateway from the HTTP front to the pool.
 
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/wsgibridge/wsgibridge/bridge"
-	"github.com/wsgibridge/wsgibridge/fastcgi"
 )
 
 // gateway serves requests from a front on the pool.
@@ -31,6 +29,7 @@ type gateway struct {
 
 	active   atomic.Int64
 	lastSeen atomic.Int64 // unix nanoseconds of the last request's start or end
+	served   uint64       // the pool's Activity count when idleFor last looked
 }
 
 // mountKeep as --mount takes SCRIPT_NAME and PATH_INFO as the web server
@@ -48,6 +47,12 @@ func newGateway(pool *bridge.Pool, d *daemonFlags, log *slog.Logger) *gateway {
 
 // idleFor returns how long no request has been in progress.
 func (g *gateway) idleFor() time.Duration {
+	// Workers serving FastCGI themselves count their requests on the
+	// pool's board instead.
+	if served, busy := g.pool.Activity(); busy || served != g.served {
+		g.served = served
+		g.lastSeen.Store(time.Now().UnixNano())
+	}
 	if g.active.Load() > 0 {
 		return 0
 	}
@@ -101,10 +106,7 @@ func (g *gateway) check() {
 	w.snapshot(g.pool.AppFiles())
 }
 
-var (
-	_ fastcgi.Handler = (*gateway)(nil)
-	_ http.Handler    = (*gateway)(nil)
-)
+var _ http.Handler = (*gateway)(nil)
 
 // serve runs one request and logs it; it reports whether the response was
 // cut short, which the front must make visible to the client.
@@ -142,29 +144,6 @@ func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, r
 	}
 	return res.CutShort
 }
-
-// ServeFastCGI serves a request from the FastCGI front.
-func (g *gateway) ServeFastCGI(ctx context.Context, w *fastcgi.ResponseWriter, r *fastcgi.Request) {
-	env := make([]bridge.Var, len(r.Params), len(r.Params)+2)
-	for i, p := range r.Params {
-		env[i] = bridge.Var(p)
-	}
-	// A response cut short must not look complete, unless the web server
-	// asked for the stop itself: then END_REQUEST is the answer it wants.
-	if g.serve(ctx, env, r.Body, fcgiWriter{w}) && !errors.Is(context.Cause(ctx), fastcgi.ErrAbortRequested) {
-		w.Abort()
-	}
-}
-
-// fcgiWriter passes a CGI response to FCGI_STDOUT as it is.
-type fcgiWriter struct{ w *fastcgi.ResponseWriter }
-
-func (f fcgiWriter) WriteHeader(_ int, block []byte) error {
-	_, err := f.w.Write(block)
-	return err
-}
-func (f fcgiWriter) Write(p []byte) (int, error) { return f.w.Write(p) }
-func (f fcgiWriter) Flush() error                { return f.w.Flush() }
 
 // ServeHTTP serves a request from the HTTP front: the request becomes a
 // CGI environ as a web server would make it (RFC 3875).

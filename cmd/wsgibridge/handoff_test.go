@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/wsgibridge/wsgibridge/cgi"
+	"github.com/wsgibridge/wsgibridge/internal/testutil"
 )
 
 // apacheUser returns the uid and gid Apache runs CGI scripts as.
@@ -341,17 +342,17 @@ func TestRelayPassesStderr(t *testing.T) {
 		// Read the request up to its empty FCGI_STDIN, then answer.
 		var got []byte
 		buf := make([]byte, 4096)
-		for !bytes.Contains(got, fcgiRecord(5, 1, nil)) {
+		for !bytes.Contains(got, testutil.FCGIRecord(testutil.FCGIStdin, 1, nil)) {
 			n, err := c.Read(buf)
 			if err != nil {
 				return
 			}
 			got = append(got, buf[:n]...)
 		}
-		out := fcgiRecord(7, 1, []byte("a warning from the daemon\n"))
-		out = append(out, fcgiRecord(6, 1, []byte("Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nok"))...)
-		out = append(out, fcgiRecord(6, 1, nil)...)
-		out = append(out, fcgiRecord(3, 1, make([]byte, 8))...)
+		out := testutil.FCGIRecord(testutil.FCGIStderr, 1, []byte("a warning from the daemon\n"))
+		out = append(out, testutil.FCGIRecord(testutil.FCGIStdout, 1, []byte("Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nok"))...)
+		out = append(out, testutil.FCGIRecord(testutil.FCGIStdout, 1, nil)...)
+		out = append(out, testutil.FCGIRecord(testutil.FCGIEndRequest, 1, make([]byte, 8))...)
 		_, _ = c.Write(out)
 	}()
 	conn, err := net.Dial("unix", sock)

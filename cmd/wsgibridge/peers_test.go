@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/wsgibridge/wsgibridge/internal/testutil"
 	"github.com/yookoala/gofast"
 )
 
@@ -316,20 +317,56 @@ func TestFaultsUnderLoad(t *testing.T) {
 	})
 }
 
-// fcgiRecord builds one FastCGI record, as a web server sends it.
-func fcgiRecord(typ byte, id uint16, content []byte) []byte {
-	pad := -len(content) & 7
-	b := []byte{1, typ, byte(id >> 8), byte(id), byte(len(content) >> 8), byte(len(content)), byte(pad), 0}
-	return append(append(b, content...), make([]byte, pad)...)
+// fcgiGet sends one FastCGI request for path, as a web server would, and
+// returns all that comes back until the connection closes.
+func fcgiGet(t *testing.T, network, addr, path string) ([]byte, error) {
+	nc, err := net.Dial(network, addr)
+	require.NoError(t, err)
+	defer nc.Close()
+	require.NoError(t, nc.SetDeadline(time.Now().Add(20*time.Second)))
+	b := testutil.FCGIRequest(1, false, "", "REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "SCRIPT_NAME", path, "REQUEST_URI", path)
+	if _, err := nc.Write(b); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(nc)
 }
 
-func fcgiParams(id uint16, kv ...string) []byte {
-	var p []byte
-	for i := 0; i+1 < len(kv); i += 2 {
-		p = append(p, byte(len(kv[i])), byte(len(kv[i+1])))
-		p = append(p, kv[i]+kv[i+1]...)
+// TestDaemonKillsStuckApp: an app that --timeout's Stop cannot reach (it
+// blocks the signal) is killed with its worker once the timeout and the
+// stop grace have passed, and a fresh worker serves on.
+func TestDaemonKillsStuckApp(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "stuck.sock")
+	d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--workers", "1", "--timeout", "1s", "--chdir", appsDir(t), "probe")
+	first := d.workerPids(t)
+	start := time.Now()
+	got, err := fcgiGet(t, "unix", sock, "/masked-sleep")
+	took := time.Since(start)
+	require.NoError(t, err, "the connection ends when the worker is killed")
+	assert.NotContains(t, string(got), "slept")
+	assert.Less(t, took, 15*time.Second, "killed long before the app's 60 s sleep")
+	assert.Contains(t, d.log.String(), "the app did not stop at the timeout; killing its worker")
+	require.Eventually(t, func() bool {
+		pids := d.workerPids(t)
+		return len(pids) == 1 && pids[0] != first[0]
+	}, 20*time.Second, 20*time.Millisecond, "a fresh worker replaces the killed one")
+	got, err = fcgiGet(t, "unix", sock, "/hello")
+	require.NoError(t, err)
+	assert.Contains(t, string(got), "Hello, world!")
+}
+
+// TestDaemonAccessLog: --access-log gives one line per request with its
+// method, URI, status and size, from the workers that served it.
+func TestDaemonAccessLog(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "access.sock")
+	d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--access-log", "--chdir", appsDir(t), "probe")
+	for _, path := range []string{"/hello", "/missing"} {
+		_, err := fcgiGet(t, "unix", sock, path)
+		require.NoError(t, err)
 	}
-	return append(fcgiRecord(4, id, p), fcgiRecord(4, id, nil)...)
+	require.Eventually(t, func() bool { return strings.Count(d.log.String(), "msg=request ") == 2 }, 10*time.Second, 10*time.Millisecond, d.log.String())
+	log := d.log.String()
+	assert.Regexp(t, `msg=request pid=\d+ method=GET uri=/hello status=200 bytes=13 duration=\d`, log)
+	assert.Contains(t, log, "method=GET uri=/missing status=404 ")
 }
 
 // TestAbortRequestClosesIterable: FCGI_ABORT_REQUEST stops the app (its
@@ -342,9 +379,7 @@ func TestAbortRequestClosesIterable(t *testing.T) {
 	defer nc.Close()
 	require.NoError(t, nc.SetDeadline(time.Now().Add(20*time.Second)))
 	req := func(path string) []byte {
-		b := fcgiRecord(1, 1, []byte{0, 1, 1, 0, 0, 0, 0, 0}) // responder, keep the connection
-		b = append(b, fcgiParams(1, "REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "SCRIPT_NAME", path)...)
-		return append(b, fcgiRecord(5, 1, nil)...)
+		return testutil.FCGIRequest(1, true, "", "REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "SCRIPT_NAME", path)
 	}
 	_, err = nc.Write(req("/slow-stream"))
 	require.NoError(t, err)
@@ -356,7 +391,7 @@ func TestAbortRequestClosesIterable(t *testing.T) {
 		require.NoError(t, err)
 		got = append(got, buf[:n]...)
 	}
-	_, err = nc.Write(fcgiRecord(2, 1, nil)) // FCGI_ABORT_REQUEST
+	_, err = nc.Write(testutil.FCGIRecord(testutil.FCGIAbortRequest, 1, nil))
 	require.NoError(t, err)
 	endRecord := []byte{1, 3, 0, 1, 0, 8}
 	for !bytes.Contains(got, endRecord) {
@@ -409,5 +444,32 @@ func TestDaemonImportFailureExits3(t *testing.T) {
 		require.ErrorAs(t, err, &ee, mode)
 		assert.Equal(t, 3, ee.ExitCode(), mode)
 		assert.Contains(t, string(out), "app 'mysite.wsgi' failed to import: ModuleNotFoundError: No module named 'mysite'", mode)
+	}
+}
+
+// TestDaemonAllowedAddrs: with FCGI_WEB_SERVER_ADDRS set, a TCP connection
+// from another address is closed unanswered and logged; one from an
+// allowed address is served.
+func TestDaemonAllowedAddrs(t *testing.T) {
+	for _, tt := range []struct {
+		allowed string
+		served  bool
+	}{{"10.9.9.9, 192.0.2.1", false}, {"10.9.9.9,127.0.0.1", true}} {
+		t.Run(tt.allowed, func(t *testing.T) {
+			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			cmd := exec.Command(binary, "fastcgi", "--bind", addr, "--chdir", appsDir(t), "probe")
+			cmd.Env = append(os.Environ(), "FCGI_WEB_SERVER_ADDRS="+tt.allowed)
+			d := startDaemonCmd(t, cmd)
+			got, err := fcgiGet(t, "tcp", addr, "/hello")
+			if tt.served {
+				require.NoError(t, err)
+				assert.Contains(t, string(got), "Hello, world!")
+				return
+			}
+			assert.NotContains(t, string(got), "Hello")
+			assert.Eventually(t, func() bool {
+				return strings.Contains(d.log.String(), "refused a connection from 127.0.0.1, not in FCGI_WEB_SERVER_ADDRS")
+			}, 5*time.Second, 10*time.Millisecond)
+		})
 	}
 }

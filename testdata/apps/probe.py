@@ -254,8 +254,8 @@ def slow_stream(environ, start_response):
 
 
 def masked_sleep(environ, start_response):
-    """Sleeps where the bridge's stop signal cannot reach."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    """Sleeps where the bridge's stop signals cannot reach."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGALRM})
     time.sleep(60)
     return ok(start_response, b"slept")
 
@@ -296,6 +296,13 @@ ROUTES = {
 def echo_path(environ, start_response):
     """Tells PATH_INFO as ascii(), so the bytes the app got are visible."""
     return ok(start_response, ascii(environ["PATH_INFO"]).encode())
+
+
+def environ_and_body(environ, start_response):
+    """The CGI keys as environ_dump gives them, then "body=" and the body."""
+    lines = [k.encode("latin-1") + b"=" + v.encode("latin-1")
+             for k, v in sorted(environ.items()) if type(v) is str]
+    return ok(start_response, b"\n".join(lines) + b"\nbody=" + environ["wsgi.input"].read())
 
 
 def application(environ, start_response):
