@@ -48,8 +48,7 @@ bench: deps build
 # A short run of each fuzz target (longer by hand: make fuzz FUZZTIME=20000000x).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalize$$' -fuzztime $(FUZZTIME) ./bridge
-	$(GO) test -run '^$$' -fuzz '^FuzzPairs$$' -fuzztime $(FUZZTIME) ./fastcgi
-	$(GO) test -run '^$$' -fuzz '^FuzzConn$$' -fuzztime $(FUZZTIME) ./fastcgi
+	$(GO) test -run '^$$' -fuzz '^FuzzFastCGIWorker$$' -fuzztime $(FUZZTIME) ./bridge
 
 PORT ?= 8000
 demo: deps build

@@ -381,7 +381,7 @@ def main():
         shutil.rmtree(b.dir, ignore_errors=True)
     gobench = ""
     if not args.no_go:
-        r = run(["go", "test", "-run", "^$", "-bench", ".", "-benchmem", "./fastcgi", "./bridge"], cwd=ROOT)
+        r = run(["go", "test", "-run", "^$", "-bench", ".", "-benchmem", "./bridge"], cwd=ROOT)
         gobench = "\n".join(l for l in r.stdout.splitlines() if l.startswith("Benchmark"))
     text = b.report(directs, gobench)
     if args.out:

@@ -54,7 +54,7 @@ func ReadRequest(environ []string, stdin io.Reader, tmpDir string) (*Request, er
 	// Standard input is read only when it may carry a body; how much of
 	// it the app gets is the bridge's rule.
 	if strings.TrimLeft(length, "0") != "" || strings.Contains(strings.ToLower(te), "chunked") {
-		body := spool.New(spoolMemory, tmpDir, nil)
+		body := spool.New(spoolMemory, tmpDir)
 		go body.Fill(stdin)
 		r.Body = body
 	}

@@ -1,12 +1,15 @@
+// Package fastcgi opens the socket a FastCGI application listens on: one
+// it binds, or one its parent bound and handed to it (mod_fcgid and
+// spawn-fcgi on fd 0, systemd with LISTEN_FDS), and reads who may connect
+// (FCGI_WEB_SERVER_ADDRS). The workers that inherit the socket speak the
+// protocol; this package knows nothing of them.
 package fastcgi
-
-// This file opens the listening socket: one we bind, or one our parent
-// bound and handed to us.
 
 import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -107,4 +110,21 @@ func fileListener(fd int, name string) (net.Listener, error) {
 		}
 	}
 	return l, nil
+}
+
+// ParseAddrs parses FCGI_WEB_SERVER_ADDRS: IP addresses separated by
+// commas.
+func ParseAddrs(list string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("fastcgi: FCGI_WEB_SERVER_ADDRS: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }

@@ -15,47 +15,7 @@ import (
 	"io"
 	"os"
 	"sync"
-	"sync/atomic"
 )
-
-// Budget bounds the memory that several spools hold together: a spool
-// whose bytes do not fit in what is left of it puts them in its file
-// instead. Many slow uploads at once then cost disk, not memory.
-type Budget struct {
-	free atomic.Int64
-}
-
-// NewBudget returns a budget of n bytes.
-func NewBudget(n int64) *Budget {
-	b := &Budget{}
-	b.free.Store(n)
-	return b
-}
-
-// Free returns how many bytes of the budget are not in use.
-func (b *Budget) Free() int64 { return b.free.Load() }
-
-// take reserves n bytes; a nil budget always has room.
-func (b *Budget) take(n int) bool {
-	if b == nil {
-		return true
-	}
-	for {
-		free := b.free.Load()
-		if free < int64(n) {
-			return false
-		}
-		if b.free.CompareAndSwap(free, free-int64(n)) {
-			return true
-		}
-	}
-}
-
-func (b *Budget) give(n int) {
-	if b != nil && n > 0 {
-		b.free.Add(int64(n))
-	}
-}
 
 // Spool is an io.ReadCloser fed by Write or Fill.
 type Spool struct {
@@ -63,7 +23,6 @@ type Spool struct {
 	cond     *sync.Cond
 	mem      []byte // unread bytes held in memory, before any in file
 	memLimit int
-	budget   *Budget
 	dir      string
 	file     *os.File // once created, every later byte goes here
 	wOff     int64    // bytes written to file
@@ -74,10 +33,9 @@ type Spool struct {
 }
 
 // New returns an empty spool that holds up to memLimit unread bytes in
-// memory, as far as budget (nil: no shared limit) has room for them, and
-// the rest in a temporary file in dir (os.TempDir() if empty).
-func New(memLimit int, dir string, budget *Budget) *Spool {
-	s := &Spool{memLimit: memLimit, dir: dir, budget: budget, ended: make(chan struct{})}
+// memory and the rest in a temporary file in dir (os.TempDir() if empty).
+func New(memLimit int, dir string) *Spool {
+	s := &Spool{memLimit: memLimit, dir: dir, ended: make(chan struct{})}
 	s.cond = sync.NewCond(&s.mu)
 	return s
 }
@@ -119,7 +77,7 @@ func (s *Spool) Write(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, ErrEnded
 	}
-	if s.file == nil && len(s.mem)+len(p) <= s.memLimit && s.budget.take(len(p)) {
+	if s.file == nil && len(s.mem)+len(p) <= s.memLimit {
 		s.mem = append(s.mem, p...)
 		s.cond.Broadcast()
 		return len(p), nil
@@ -181,7 +139,6 @@ func (s *Spool) Read(p []byte) (int, error) {
 		if len(s.mem) > 0 {
 			n := copy(p, s.mem)
 			s.mem = s.mem[n:]
-			s.budget.give(n)
 			if len(s.mem) == 0 {
 				s.mem = nil
 			}
@@ -209,7 +166,6 @@ func (s *Spool) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	s.budget.give(len(s.mem))
 	s.mem = nil
 	s.cond.Broadcast()
 	if s.file != nil {

@@ -34,7 +34,7 @@ func TestSpoolKeepsReadingWhileNobodyReads(t *testing.T) {
 	// The source must be drained although the reader has not started:
 	// that is what unblocks Apache.
 	src := bytes.NewReader(data)
-	s := New(64<<10, t.TempDir(), nil)
+	s := New(64<<10, t.TempDir())
 	go s.Fill(src)
 	defer s.Close()
 	require.Eventually(t, func() bool {
@@ -55,7 +55,7 @@ func TestSpoolKeepsReadingWhileNobodyReads(t *testing.T) {
 
 func TestSpoolWaitsForData(t *testing.T) {
 	g := &gatedReader{data: strings.NewReader("late"), open: make(chan struct{})}
-	s := New(1024, t.TempDir(), nil)
+	s := New(1024, t.TempDir())
 	go s.Fill(g)
 	defer s.Close()
 	got := make(chan string)
@@ -74,7 +74,7 @@ func TestSpoolWaitsForData(t *testing.T) {
 
 func TestSpoolPassesErrors(t *testing.T) {
 	boom := errors.New("client went away")
-	s := New(1024, t.TempDir(), nil)
+	s := New(1024, t.TempDir())
 	go s.Fill(io.MultiReader(strings.NewReader("abc"), iotest.ErrReader(boom)))
 	b, err := io.ReadAll(s)
 	assert.Equal(t, "abc", string(b))
@@ -85,7 +85,7 @@ func TestSpoolPassesErrors(t *testing.T) {
 }
 
 func TestSpoolFileError(t *testing.T) {
-	s := New(10, "/nonexistent-dir", nil)
+	s := New(10, "/nonexistent-dir")
 	go s.Fill(strings.NewReader(strings.Repeat("x", 100)))
 	_, err := io.ReadAll(s)
 	require.Error(t, err)
@@ -93,7 +93,7 @@ func TestSpoolFileError(t *testing.T) {
 }
 
 func TestWriteSide(t *testing.T) {
-	s := New(4, t.TempDir(), nil)
+	s := New(4, t.TempDir())
 	defer s.Close()
 	for _, p := range []string{"ab", "cd", "efgh", "ij"} {
 		n, err := s.Write([]byte(p))
@@ -112,46 +112,4 @@ func TestWriteSide(t *testing.T) {
 	ended, err = s.Ended()
 	assert.True(t, ended)
 	assert.Equal(t, io.EOF, err)
-}
-
-// TestBudget: spools sharing a budget hold no more than it in memory
-// together; the bytes that do not fit go to the file, and what a reader
-// takes, or a Close drops, is given back.
-func TestBudget(t *testing.T) {
-	b := NewBudget(10)
-	inFile := func(s *Spool) bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.file != nil
-	}
-	dir := t.TempDir()
-	first, second, third := New(8, dir, b), New(8, dir, b), New(8, dir, b)
-	defer first.Close()
-	defer second.Close()
-	defer third.Close()
-
-	_, err := first.Write([]byte("12345678"))
-	require.NoError(t, err)
-	assert.False(t, inFile(first), "the first 8 bytes fit the budget of 10")
-	_, err = second.Write([]byte("abcdefgh"))
-	require.NoError(t, err)
-	assert.True(t, inFile(second), "8 more bytes do not fit what is left (2)")
-	assert.Equal(t, int64(2), b.free.Load())
-
-	buf := make([]byte, 8)
-	n, err := first.Read(buf)
-	require.NoError(t, err)
-	assert.Equal(t, "12345678", string(buf[:n]))
-	assert.Equal(t, int64(10), b.free.Load(), "read bytes are given back")
-
-	_, err = third.Write([]byte("ABCD"))
-	require.NoError(t, err)
-	assert.False(t, inFile(third))
-	require.NoError(t, third.Close())
-	assert.Equal(t, int64(10), b.free.Load(), "a closed spool gives back what it held")
-
-	second.CloseWrite(nil)
-	got, err := io.ReadAll(second)
-	require.NoError(t, err)
-	assert.Equal(t, "abcdefgh", string(got), "spilled bytes read back from the file")
 }
