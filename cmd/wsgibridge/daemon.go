@@ -42,7 +42,7 @@ type daemonFlags struct {
 func (d *daemonFlags) register(fs *flag.FlagSet) {
 	appFlags(fs, &d.s)
 	fs.IntVar(&d.workers, "workers", 2, "number of Python worker processes")
-	fs.IntVar(&d.backlog, "backlog", 64, "requests that may wait for a busy pool; more are refused with 503")
+	fs.IntVar(&d.backlog, "backlog", 64, "http mode: requests that may wait for a busy pool; more are refused with 503 (in fastcgi mode requests wait in the socket's listen queue)")
 	fs.DurationVar(&d.timeout, "timeout", 60*time.Second, "longest a request may run in the app (then its worker is killed and the client gets 504); 0: no limit")
 	fs.DurationVar(&d.importTimeout, "import-timeout", 60*time.Second, "longest a worker may take to start and import the app")
 	fs.DurationVar(&d.graceful, "graceful-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
