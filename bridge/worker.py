@@ -342,6 +342,8 @@ class Response:
             return
         if not self.headers_sent:
             self.send_headers()
+        if len(data) > MAX_FRAME:
+            data = memoryview(data)
         for i in range(0, len(data), MAX_FRAME):
             self.frame(DATA, data[i:i + MAX_FRAME], flags)
         if flags & FLUSH:
@@ -569,17 +571,28 @@ class Conn:
         return kind, rid, content
 
     def send(self, data):
-        while True:
+        self.sendv([data])
+
+    def sendv(self, parts):
+        """Sends the buffers in parts, in order, as one stream: a large
+        response goes out as it came from the app, never copied whole."""
+        while parts:
             try:
-                sent = self.sock.send(data, MSG_DONTWAIT)
+                sent = self.sock.sendmsg(parts[:512], (), MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
                 raise ConnClosed(str(exc)) from None
-            if sent == len(data):
+            i = 0
+            while i < len(parts) and sent >= len(parts[i]):
+                sent -= len(parts[i])
+                i += 1
+            parts = parts[i:]
+            if not parts:
                 return
-            data = memoryview(data)[sent:]
-            self.wait(4)  # POLLOUT
+            if sent:
+                parts[0] = memoryview(parts[0])[sent:]
+            self.wait(4)  # POLLOUT: the socket is full
 
     def close(self):
         self.sock.close()
@@ -589,8 +602,11 @@ def end_request(rid, status=REQUEST_COMPLETE):
     return END_REQUEST.pack(1, FCGI_END, rid, 8, 0, 0, status)
 
 
-def stdout_records(rid, data):
-    parts = []
+def stdout_records(rid, data, parts):
+    """Appends data to parts as FCGI_STDOUT records, the content by
+    reference, not copied."""
+    if len(data) > MAX_RECORD_CONTENT:
+        data = memoryview(data)
     for i in range(0, len(data), MAX_RECORD_CONTENT):
         chunk = data[i:i + MAX_RECORD_CONTENT]
         n = len(chunk)
@@ -599,7 +615,6 @@ def stdout_records(rid, data):
         parts.append(chunk)
         if pad:
             parts.append(bytes(pad))
-    return b"".join(parts)
 
 
 def decode_pairs(data, pairs, limit):
@@ -646,9 +661,9 @@ class FastCGIResponse(Response):
     def frame(self, kind, payload=b"", flags=0):
         if kind == HEAD:
             self.status = payload[8:11]
-            self.pending.append(stdout_records(self.rid, payload))
+            stdout_records(self.rid, payload, self.pending)
         elif kind == DATA:
-            self.pending.append(stdout_records(self.rid, payload))
+            stdout_records(self.rid, payload, self.pending)
         elif kind == FINISHED:
             self.pending.append(RECORD.pack(1, FCGI_STDOUT, self.rid, 0, 0) + end_request(self.rid))
         elif kind == ABORTED:
@@ -673,9 +688,11 @@ class FastCGIResponse(Response):
         if self.aborted:
             self.pending = []
         if self.pending:
-            data = b"".join(self.pending)
-            self.pending = []
-            self.conn.send(data)
+            parts, self.pending = self.pending, []
+            if len(parts) > 8:
+                self.conn.sendv(parts)
+            else:
+                self.conn.send(b"".join(parts))
 
 
 

@@ -234,7 +234,9 @@ class PairsTest(unittest.TestCase):
 class RecordsTest(unittest.TestCase):
     def test_stdout_split_and_padded(self):
         data = b"x" * (worker.MAX_RECORD_CONTENT + 3)
-        out = worker.stdout_records(7, data)
+        parts = []
+        worker.stdout_records(7, data, parts)
+        out = b"".join(parts)
         first = worker.RECORD.unpack_from(out)
         self.assertEqual(first, (1, worker.FCGI_STDOUT, 7, worker.MAX_RECORD_CONTENT, 0))
         second = worker.RECORD.unpack_from(out, 8 + worker.MAX_RECORD_CONTENT)
@@ -310,6 +312,21 @@ class ConnTest(unittest.TestCase):
             self.conn.send(data)  # the reader takes 64 KiB, then nothing
         reader.join()
         self.assertTrue(got[0])
+
+    def test_sendv_keeps_the_order(self):
+        import threading
+        parts = [b"head", memoryview(bytes(range(256)) * 4096)[3:], b"", b"x" * 100000, b"tail"]
+        want = b"".join(parts)
+        got = bytearray()
+
+        def read():
+            while len(got) < len(want):
+                got.extend(self.server.recv(1 << 14))
+        reader = threading.Thread(target=read)
+        reader.start()
+        self.conn.sendv(list(parts))
+        reader.join()
+        self.assertEqual(bytes(got), want)
 
     def test_send_whole(self):
         import threading
