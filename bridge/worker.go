@@ -462,14 +462,7 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			if err != nil {
 				return w.failed(ctx, rw, res, err)
 			}
-			level := slog.LevelInfo
-			switch h.flags {
-			case logWarn:
-				level = slog.LevelWarn
-			case logError:
-				level = slog.LevelError
-			}
-			w.log.Log(ctx, level, string(msg))
+			w.log.Log(ctx, logLevel(h.flags), string(msg))
 		case frameFinished:
 			// No flush here: the front ends the response, so what is
 			// left goes out with its end (one write for a small one).
@@ -656,14 +649,7 @@ func (w *Worker) Watch() {
 			if err != nil {
 				return
 			}
-			level := slog.LevelInfo
-			switch h.flags {
-			case logWarn:
-				level = slog.LevelWarn
-			case logError:
-				level = slog.LevelError
-			}
-			w.log.Log(context.Background(), level, string(msg))
+			w.log.Log(context.Background(), logLevel(h.flags), string(msg))
 		case frameAccess:
 			entry, err := w.readPayload(h.size, maxLogFrame)
 			if err != nil {
@@ -688,6 +674,17 @@ func (w *Worker) Watch() {
 			return
 		}
 	}
+}
+
+// logLevel is the level of an L frame's flags.
+func logLevel(flags byte) slog.Level {
+	switch flags {
+	case logWarn:
+		return slog.LevelWarn
+	case logError:
+		return slog.LevelError
+	}
+	return slog.LevelInfo
 }
 
 // logAccess logs a FastCGI worker's access-log entry with the same
