@@ -214,6 +214,16 @@ func ensureDaemon(sock string, s settings, script string, environ []string, log 
 		log.Info("replacing the pool daemon (its script changed, or it does not answer)", "pid", pid)
 		stopDaemon(pid)
 	}
+	// The old daemon's workers share its socket and die with it, a moment
+	// after it; until they are gone the new daemon would find the socket
+	// in use.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			break
+		}
+		c.Close()
+	}
 	pid, err := spawnDaemon(sock, s, script, environ)
 	if err != nil {
 		return nil, err
@@ -259,10 +269,13 @@ func scriptMtime(script string) int64 {
 	return fi.ModTime().UnixNano()
 }
 
-// current reports whether the daemon was started from the script as it is.
+// current reports whether the daemon is running and was started from the
+// script as it is. A daemon that died (killed, say) is not current even
+// while its socket still answers: its workers hold the socket a moment
+// longer, and die with it.
 func current(sock, script string) bool {
-	_, mtime, ok := readStamp(sock)
-	return ok && mtime == scriptMtime(script)
+	pid, mtime, ok := readStamp(sock)
+	return ok && mtime == scriptMtime(script) && isDaemonOf(pid, sock)
 }
 
 // isDaemonOf reports whether pid is a wsgibridge daemon serving sock: a
