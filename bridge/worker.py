@@ -103,7 +103,14 @@ class AppError(Exception):
     """The app broke the WSGI contract; the message names the mistake."""
 
 
+# Statuses already checked: an app sends the same few again and again.
+checked_status = {}
+
+
 def check_status(status):
+    raw = checked_status.get(status) if type(status) is str else None
+    if raw is not None:
+        return raw
     if type(status) is not str:
         raise AppError("status must be str, not %s: %r" % (type(status).__name__, status))
     try:
@@ -114,6 +121,8 @@ def check_status(status):
             or len(raw.translate(None, BAD_VALUE)) != len(raw)):
         raise AppError("status must look like '200 OK' (3 digits, a space, a reason "
                        "without control characters): %r" % status)
+    if len(checked_status) < 256:
+        checked_status[status] = raw
     return raw
 
 
@@ -419,6 +428,10 @@ BASE_ENVIRON = {
 }
 
 
+# A FastCGI worker serves many requests.
+FASTCGI_ENVIRON = dict(BASE_ENVIRON, **{"wsgi.run_once": False})
+
+
 def handle(app, rin, out, flags, rid, payload):
     """Serves one request from the pipe; returns True when the worker should exit after it."""
     global stop_pending
@@ -486,6 +499,7 @@ MAX_PARAMS_BYTES = 256 * 1024
 MAX_PARAMS = 1000
 BODY_MEMORY = 1 << 20
 STALL_AFTER = 0.02  # seconds
+ACCEPT_RUN = 16
 MSG_CMSG_CLOEXEC = 0x40000000  # Linux; not in the socket module
 SERVED = struct.Struct("<Q")  # a worker's request count on the board, at 64 + 8 * slot
 RUNNING = 576  # board[RUNNING + slot] is 1 while the worker's app runs under a timeout
@@ -509,17 +523,27 @@ class Conn:
     """One connection from the web server, with its read buffer. Reads and
     writes try first without waiting; only when the web server is not
     ready do they wait, and then at most TIMEOUT seconds (a poll costs a
-    call only then, where socket timeouts would cost two per connection)."""
+    call only then, where socket timeouts would cost two per connection).
+
+    Reads go straight into a buffer the connection borrows from a small
+    pool while it has unread bytes, and records are views of it: a request
+    body is copied once, into the Body, not at every step."""
 
     TIMEOUT = 60  # seconds the web server may leave a request stalled
+    BUFFER = 80 * 1024  # holds the largest record, 8 + 65535 + 255 bytes
+    free = []  # buffers (bytearray, memoryview) to borrow
 
     def __init__(self, sock):
         self.sock = sock
         self.fd = sock.fileno()
-        self.buf = bytearray()
+        self.mem = self.view = None
+        self.start = self.end = 0  # the unread bytes are mem[start:end]
         self.keep = False
         self.cut_short = False
         self.passed = False
+
+    def buffered(self):
+        return self.end - self.start
 
     def wait(self, event):
         import select
@@ -528,50 +552,92 @@ class Conn:
         if not p.poll(self.TIMEOUT * 1000):
             raise ConnClosed("the web server went silent for %ds" % self.TIMEOUT)
 
+    def room(self):
+        """Makes room after the unread bytes; borrows a buffer if needed."""
+        if self.mem is None:
+            if self.free:
+                self.mem, self.view = self.free.pop()
+            else:
+                self.mem = bytearray(self.BUFFER)
+                self.view = memoryview(self.mem)
+        elif self.start:
+            n = self.end - self.start
+            self.mem[:n] = bytes(self.view[self.start:self.end])
+            self.start, self.end = 0, n
+
+    def release(self):
+        """Gives the buffer back when no unread bytes are left in it."""
+        if self.mem is not None and self.start == self.end:
+            if len(self.free) < 4:
+                self.free.append((self.mem, self.view))
+            self.mem = self.view = None
+            self.start = self.end = 0
+
     def fill(self):
+        if self.mem is None or self.end == len(self.mem):
+            self.room()
         while True:
             try:
-                data = self.sock.recv(65536, MSG_DONTWAIT)
+                n = self.sock.recv_into(self.view[self.end:], 0, MSG_DONTWAIT)
                 break
             except BlockingIOError:
                 self.wait(1)  # POLLIN
             except OSError as exc:
                 raise ConnClosed(str(exc)) from None
-        if not data:
+        if not n:
             raise ConnClosed("the web server closed the connection")
-        self.buf += data
+        self.end += n
 
     def fill_nowait(self):
         """Reads what has arrived without waiting: True if something did,
         False if nothing yet, None if the connection is closed."""
+        if self.mem is None or self.end == len(self.mem):
+            self.room()
         try:
-            data = self.sock.recv(65536, MSG_DONTWAIT)
+            n = self.sock.recv_into(self.view[self.end:], 0, MSG_DONTWAIT)
         except BlockingIOError:
+            self.release()
             return False
         except OSError:
             return None
-        if not data:
+        if not n:
             return None
-        self.buf += data
+        self.end += n
         return True
 
-    def record(self):
-        """Returns the next record's (type, request id, content)."""
-        buf = self.buf
-        while len(buf) < 8:
+    def need(self, n):
+        """Reads until n unread bytes are buffered."""
+        if len(self.mem) - self.start < n:
+            self.room()
+        while self.end - self.start < n:
             self.fill()
-        version, kind, rid, n, pad = RECORD.unpack_from(buf)
+
+    def record(self):
+        """Returns the next record's (type, request id, content); content is
+        a view of the buffer, good until the next call."""
+        if self.end - self.start < 8:
+            if self.mem is None:
+                self.room()
+            self.need(8)
+        version, kind, rid, n, pad = RECORD.unpack_from(self.mem, self.start)
         if version != 1:
             raise ConnClosed("not FastCGI (version byte %d)" % version)
-        end = 8 + n + pad
-        while len(buf) < end:
-            self.fill()
-        content = bytes(buf[8:8 + n])
-        del buf[:end]
-        return kind, rid, content
+        start = self.start
+        if self.end - start < 8 + n + pad:
+            self.need(8 + n + pad)
+            start = self.start
+        self.start = start + 8 + n + pad
+        return kind, rid, self.view[start + 8:start + 8 + n]
 
     def send(self, data):
-        self.sendv([data])
+        try:
+            sent = self.sock.send(data, MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ConnClosed(str(exc)) from None
+        if sent < len(data):
+            self.sendv([memoryview(data)[sent:]])
 
     def sendv(self, parts):
         """Sends the buffers in parts, in order, as one stream: a large
@@ -595,11 +661,21 @@ class Conn:
             self.wait(4)  # POLLOUT: the socket is full
 
     def close(self):
+        self.start = self.end
+        self.release()
         self.sock.close()
 
 
 def end_request(rid, status=REQUEST_COMPLETE):
     return END_REQUEST.pack(1, FCGI_END, rid, 8, 0, 0, status)
+
+
+PADDING = [bytes(n) for n in range(8)]
+
+
+def end_records(rid):
+    """The empty STDOUT record that ends a response, and END_REQUEST."""
+    return RECORD.pack(1, FCGI_STDOUT, rid, 0, 0) + END_REQUEST.pack(1, FCGI_END, rid, 8, 0, 0, REQUEST_COMPLETE)
 
 
 def stdout_records(rid, data, parts):
@@ -619,24 +695,23 @@ def stdout_records(rid, data, parts):
 
 def decode_pairs(data, pairs, limit):
     """Adds the name-value pairs in data to the pairs dict (latin-1 str)."""
-    text = data.decode("latin-1")  # one decode; the pairs are slices of it
+    text = str(data, "latin-1")  # one decode; the pairs are slices of it
     i, n = 0, len(data)
-    # The two lengths are read inline, not by a helper: this loop runs for
-    # every variable of every request.
+    # Inline, not by a helper, and short lengths (one byte each, nearly
+    # all of them) first: this loop runs for every variable of every request.
     try:
         while i < n:
             ln = data[i]
-            if ln >= 128:
-                ln = int.from_bytes(data[i:i + 4], "big") & 0x7FFFFFFF
-                i += 4
-            else:
-                i += 1
-            lv = data[i]
-            if lv >= 128:
-                lv = int.from_bytes(data[i:i + 4], "big") & 0x7FFFFFFF
-                i += 4
-            else:
-                i += 1
+            lv = data[i + 1]
+            if (ln | lv) >= 128:
+                if ln >= 128:
+                    ln = int.from_bytes(data[i:i + 4], "big") & 0x7FFFFFFF
+                    i += 3
+                lv = data[i + 1]
+                if lv >= 128:
+                    lv = int.from_bytes(data[i + 1:i + 5], "big") & 0x7FFFFFFF
+                    i += 3
+            i += 2
             j = i + ln
             i = j + lv
             pairs[text[j - ln:j]] = text[j:i]
@@ -656,18 +731,20 @@ class FastCGIResponse(Response):
         self.conn = conn
         self.ctl = ctl
         self.pending = []
+        self.size = 0
+        self.finished = self.ended = False
         self.cut_short = False
         self.aborted = False  # the web server gave the request up
         self.status = b"-"
 
     def frame(self, kind, payload=b"", flags=0):
-        if kind == HEAD:
-            self.status = payload[8:11]
-            stdout_records(self.rid, payload, self.pending)
-        elif kind == DATA:
-            stdout_records(self.rid, payload, self.pending)
+        if kind == HEAD or kind == DATA:
+            if kind == HEAD:
+                self.status = payload[8:11]
+            self.pending.append(payload)
+            self.size += len(payload)
         elif kind == FINISHED:
-            self.pending.append(RECORD.pack(1, FCGI_STDOUT, self.rid, 0, 0) + end_request(self.rid))
+            self.finished = True
         elif kind == ABORTED:
             # No END_REQUEST: the connection is closed, which is how the web
             # server learns that the response is incomplete.
@@ -687,15 +764,28 @@ class FastCGIResponse(Response):
         self.flush()
 
     def flush(self):
+        """Sends what the app gave so far as STDOUT records: a short response
+        as one record with its END_REQUEST, in one write; a large one by
+        reference, record by record."""
+        parts, size = self.pending, self.size
+        self.pending, self.size = [], 0
         if self.aborted:
-            self.pending = []
-        if self.pending:
-            parts, self.pending = self.pending, []
-            if len(parts) > 8:
-                self.conn.sendv(parts)
-            else:
-                self.conn.send(b"".join(parts))
-
+            return
+        tail = b""
+        if self.finished and not self.ended:
+            self.ended = True
+            tail = end_records(self.rid)
+        if size > MAX_RECORD_CONTENT:
+            out = []
+            for part in parts:
+                stdout_records(self.rid, part, out)
+            out.append(tail)
+            self.conn.sendv(out)
+        elif size:
+            pad = -size & 7
+            self.conn.send(RECORD.pack(1, FCGI_STDOUT, self.rid, size, pad) + b"".join(parts) + PADDING[pad] + tail)
+        elif tail:
+            self.conn.send(tail)
 
 
 class Refused(Exception):
@@ -709,6 +799,9 @@ class Refused(Exception):
 HTTP_NAME = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 DROPPED = frozenset(("HTTP_PROXY", "HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"))
 METHOD_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Valid by the rules below; a set lookup spares the usual request the checks.
+COMMON_METHODS = frozenset(("GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"))
+COMMON_PROTOCOLS = frozenset(("HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/3.0"))
 # Names already judged, so that the rules cost a lookup per variable on
 # the usual request; bounded, as names come from clients (HTTP_*).
 name_ok = {}
@@ -757,10 +850,11 @@ def make_environ(params, mount):
         length = int(cl)
         env["CONTENT_LENGTH"] = cl
     method = env.get("REQUEST_METHOD", "")
-    if not method or not METHOD_CHARS.issuperset(method):
+    if method not in COMMON_METHODS and (not method or not METHOD_CHARS.issuperset(method)):
         raise Refused(500, "gateway misconfigured: REQUEST_METHOD is %r" % method)
     proto = env.get("SERVER_PROTOCOL", "")
-    if proto[:5] != "HTTP/" or len(proto) == 5 or proto[5:].strip("0123456789."):
+    if proto not in COMMON_PROTOCOLS and (proto[:5] != "HTTP/" or len(proto) == 5
+                                          or proto[5:].strip("0123456789.")):
         raise Refused(500, "gateway misconfigured: SERVER_PROTOCOL is %r" % proto)
     script = env.get("SCRIPT_NAME", "")
     path = env.get("PATH_INFO", "")
@@ -774,9 +868,13 @@ def make_environ(params, mount):
         path = "/" + path.lstrip("/")
     env["SCRIPT_NAME"] = script
     env["PATH_INFO"] = path
-    env.setdefault("QUERY_STRING", "")
-    https = env.get("HTTPS", "").lower()
-    scheme = "https" if https in ("on", "1") or env.get("REQUEST_SCHEME", "").lower() == "https" else "http"
+    if "QUERY_STRING" not in env:
+        env["QUERY_STRING"] = ""
+    https = env.get("HTTPS")
+    if https is not None and https.lower() in ("on", "1"):
+        scheme = "https"
+    else:
+        scheme = "https" if env.get("REQUEST_SCHEME", "").lower() == "https" else "http"
     env["wsgi.url_scheme"] = scheme
     if not env.get("SERVER_NAME") or not env.get("SERVER_PORT"):
         host = env.get("HTTP_HOST", "")
@@ -790,39 +888,45 @@ def make_environ(params, mount):
             env["SERVER_NAME"] = name
         if not env.get("SERVER_PORT"):
             env["SERVER_PORT"] = port
-    to_eof = length < 0 and "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower()
+    to_eof = length < 0 and "HTTP_TRANSFER_ENCODING" in env and "chunked" in env["HTTP_TRANSFER_ENCODING"].lower()
     return env, length, to_eof
 
 
 class Body:
-    """Collects a request body: in memory up to BODY_MEMORY, then in an
-    unlinked temporary file, keeping at most limit bytes (-1: all)."""
+    """Collects a request body: in memory up to BODY_MEMORY (in a buffer of
+    its length when that is known), then in an unlinked temporary file,
+    keeping at most limit bytes (-1: all)."""
 
     def __init__(self, limit):
         self.limit = limit
-        self.parts = []
         self.size = 0
         self.file = None
+        self.fixed = 0 < limit <= BODY_MEMORY
+        self.data = bytearray(limit) if self.fixed else bytearray()
 
     def add(self, data):
         if self.limit >= 0:
             data = data[:self.limit - self.size]
-        if not data:
+        n = len(data)
+        if not n:
             return
-        self.size += len(data)
         if self.file is not None:
             self.file.write(data)
-            return
-        self.parts.append(data)
-        if self.size > BODY_MEMORY:
-            import tempfile
-            self.file = tempfile.TemporaryFile()
-            self.file.write(b"".join(self.parts))
-            self.parts = None
+        elif self.fixed:
+            self.data[self.size:self.size + n] = data
+        else:
+            self.data += data
+            if self.size + n > BODY_MEMORY:
+                import tempfile
+                self.file = tempfile.TemporaryFile()
+                self.file.write(self.data)
+                self.data = None
+        self.size += n
 
     def reader(self):
         if self.file is None:
-            return io.BytesIO(b"".join(self.parts))
+            data = self.data
+            return io.BytesIO(bytes(data) if len(data) == self.size else bytes(memoryview(data)[:self.size]))
         self.file.seek(0)
         return self.file
 
@@ -874,6 +978,9 @@ class FastCGIServer:
         self.ep, self.socket = ep, socket
         clock = time.monotonic
         board, slot = self.board, self.slot
+        import _socket
+        accept, new_socket = self.listener._accept, _socket.socket
+        family, stype = self.listener.family, self.listener.type
         while True:
             timeout = self.IDLE_TIMEOUT if self.conns else -1
             if board is not None:
@@ -888,7 +995,7 @@ class FastCGIServer:
                 if fd == 3:
                     return self.close_all()
                 items.append(self.conns[fd][0] if fd in self.conns else fd)
-            ready = [x for x in items if type(x) is Conn and not x.buf]
+            ready = [x for x in items if type(x) is Conn and not x.buffered()]
             if len(ready) > 1 and board is not None and 1 in board[:64]:
                 # Another worker waits idle: it takes the other ready
                 # connections, so no request waits behind ours.
@@ -907,33 +1014,24 @@ class FastCGIServer:
                         self.drop(ep, conn)
                     continue
                 if item == lfd:
-                    try:
-                        sock, _ = self.listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    if self.allowed is not None and not self.allowed_peer(sock):
-                        sock.close()
-                        continue
-                    conn = Conn(sock)
+                    # Accepts on while connections wait: under load a worker
+                    # serves a run of them per wake-up, not one.
+                    for _ in range(ACCEPT_RUN):
+                        try:
+                            fd, _ = accept()
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        sock = new_socket(family, stype, 0, fd)
+                        if self.allowed is not None and not self.allowed_peer(sock):
+                            sock.close()
+                            continue
+                        self.admit(Conn(sock), clock)
+                        if self.conns or (self.max_requests and self.served >= self.max_requests):
+                            break
                 elif item == 7:
                     fd = self.receive_conn(lobby)
-                    if fd is None:
-                        continue
-                    conn = Conn(socket.socket(fileno=fd))
-                else:
-                    continue
-                # Served now only if its request is there: a connection
-                # may come without one yet (an idle one passed on, a web
-                # server slow to write), and must not hold up the others.
-                ready = conn.fill_nowait()
-                if ready is None:
-                    conn.close()
-                    continue
-                if ready and not self.serve_conn(conn):
-                    conn.close()
-                    continue
-                self.conns[conn.fd] = (conn, clock())
-                ep.register(conn.fd, select.EPOLLIN)
+                    if fd is not None:
+                        self.admit(Conn(socket.socket(fileno=fd)), clock)
             if self.max_requests and self.served >= self.max_requests:
                 self.ctl.write(HEADER.pack(FINISHED, EXITING, 0, 0))
                 self.ctl.flush()
@@ -945,6 +1043,17 @@ class FastCGIServer:
                         ep.unregister(fd)
                         del self.conns[fd]
                         conn.close()
+
+    def admit(self, conn, clock):
+        """Serves a new connection now if its request is there: one may
+        come without it yet (an idle one passed on, a web server slow to
+        write), and must not hold up the others; it waits in the epoll."""
+        ready = conn.fill_nowait()
+        if ready is None or (ready and not self.serve_conn(conn)):
+            conn.close()
+            return
+        self.conns[conn.fd] = (conn, clock())
+        self.ep.register(conn.fd, 1)  # EPOLLIN
 
     def drop(self, ep, conn):
         if self.conns.pop(conn.fd, (None,))[0] is conn:
@@ -1036,7 +1145,7 @@ class FastCGIServer:
             if self.timeout:
                 self.arm(self.timeout - elapsed)
             for conn, _ in list(self.conns.values()):
-                if conn is not self.current and not conn.buf:
+                if conn is not self.current and not conn.buffered():
                     self.pass_conn(conn)
             return self.watch_abort(True)
         if watch_stall:
@@ -1069,7 +1178,8 @@ class FastCGIServer:
         except OSError:
             data = b""
         if data:
-            data = bytes(self.current.buf) + data
+            conn = self.current
+            data = bytes(conn.view[conn.start:conn.end]) + data if conn.buffered() else data
             abort = RECORD.pack(1, FCGI_ABORT, resp.rid, 0, 0)
             if abort not in data:
                 return
@@ -1084,7 +1194,7 @@ class FastCGIServer:
         new ones, or the peers of a worker that served its max requests),
         so nginx never finds one closed under a request."""
         for conn, _ in list(self.conns.values()):
-            if conn.buf or self.board is None or not self.pass_conn(conn):
+            if conn.buffered() or self.board is None or not self.pass_conn(conn):
                 self.drop(self.ep, conn)
         return 0
 
@@ -1103,6 +1213,7 @@ class FastCGIServer:
         except ConnClosed as exc:
             self.log(LOG_WARN, "fastcgi: closing a connection: %s" % exc)
             return False
+        conn.release()
         return conn.keep and not conn.cut_short
 
     def read_params(self, conn):
@@ -1113,7 +1224,7 @@ class FastCGIServer:
         params = []
         size = 0
         while True:
-            if not conn.buf and rid == 0:
+            if not conn.buffered() and rid == 0:
                 try:
                     conn.fill()
                 except ConnClosed:
@@ -1144,7 +1255,7 @@ class FastCGIServer:
                 size += len(content)
                 if size > MAX_PARAMS_BYTES:
                     raise ConnClosed("params over %d bytes" % MAX_PARAMS_BYTES)
-                params.append(content)
+                params.append(bytes(content))
             elif kind != FCGI_DATA:
                 raise ConnClosed("record type %d before the params ended" % kind)
 
@@ -1215,8 +1326,7 @@ class FastCGIServer:
         # sending it once the response begins (nginx does).
         if not self.read_stdin(conn, rid, body):
             return
-        environ.update(BASE_ENVIRON)
-        environ["wsgi.run_once"] = False
+        environ.update(FASTCGI_ENVIRON)
         environ["wsgi.input"] = body.reader() if body else io.BytesIO()
         if to_eof:
             environ["wsgi.input_terminated"] = True

@@ -30,6 +30,11 @@ def parse(data):
     return out
 
 
+def record(kind, rid, content, pad=0):
+    """One FastCGI record as the web server sends it."""
+    return worker.RECORD.pack(1, kind, rid, len(content), pad) + content + bytes(pad)
+
+
 class StatusTest(unittest.TestCase):
     def test_valid(self):
         for status in ("200 OK", "404 Not Found", "599 ", "201 Caf\xe9"):
@@ -249,6 +254,22 @@ class RecordsTest(unittest.TestCase):
 
 
 class BodyTest(unittest.TestCase):
+    def test_known_length(self):
+        body = worker.Body(10)
+        for part in (b"abc", memoryview(b"defg"), bytearray(b"hijkl")):
+            body.add(part)
+        self.assertIsNone(body.file)
+        self.assertEqual(body.reader().read(), b"abcdefghij", "cut to the length")
+        short = worker.Body(10)
+        short.add(b"abc")
+        self.assertEqual(short.reader().read(), b"abc", "a body that ends early")
+
+    def test_unknown_length_grows(self):
+        body = worker.Body(-1)
+        body.add(b"x" * 1000)
+        body.add(memoryview(b"y" * 10))
+        self.assertEqual(body.reader().read(), b"x" * 1000 + b"y" * 10)
+
     def test_memory_then_file_and_limit(self):
         body = worker.Body(worker.BODY_MEMORY + 10)
         body.add(b"a" * worker.BODY_MEMORY)
@@ -293,9 +314,31 @@ class ConnTest(unittest.TestCase):
     def test_fill_waits_then_gives_up_on_a_silent_server(self):
         self.server.send(b"abc")
         self.conn.fill()
-        self.assertEqual(bytes(self.conn.buf), b"abc")
+        self.assertEqual(self.conn.buffered(), 3)
+        self.assertEqual(bytes(self.conn.view[self.conn.start:self.conn.end]), b"abc")
         with self.assertRaisesRegex(worker.ConnClosed, "went silent"):
             self.conn.fill()
+
+    def test_records_split_and_across_the_buffer_end(self):
+        import threading
+        # Records of every size up to the largest, sent in pieces that cut
+        # headers and contents, so the buffer fills, moves what is unread
+        # to its front, and serves each record whole.
+        sizes = [0, 1, 7, 8, 65535, 3, 40000, 65535, 65535, 12]
+        stream = b"".join(record(worker.FCGI_STDIN, i + 1, bytes([i]) * n, -n & 7) for i, n in enumerate(sizes))
+
+        def write():
+            for i in range(0, len(stream), 9973):
+                self.server.sendall(stream[i:i + 9973])
+        writer = threading.Thread(target=write)
+        writer.start()
+        for i, n in enumerate(sizes):
+            kind, rid, content = self.conn.record()
+            self.assertEqual((kind, rid, bytes(content)), (worker.FCGI_STDIN, i + 1, bytes([i]) * n))
+        writer.join()
+        self.assertEqual(self.conn.buffered(), 0)
+        self.conn.release()
+        self.assertIsNone(self.conn.mem, "a connection with nothing unread holds no buffer")
 
     def test_fill_sees_the_close(self):
         self.server.close()
