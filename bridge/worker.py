@@ -429,7 +429,7 @@ BASE_ENVIRON = {
 
 
 # A FastCGI worker serves many requests.
-FASTCGI_ENVIRON = dict(BASE_ENVIRON, **{"wsgi.run_once": False})
+FASTCGI_ENVIRON = {**BASE_ENVIRON, "wsgi.run_once": False}
 
 
 def handle(app, rin, out, flags, rid, payload):
@@ -562,6 +562,7 @@ class Conn:
                 self.view = memoryview(self.mem)
         elif self.start:
             n = self.end - self.start
+            # Through a copy: the unread bytes may overlap where they go.
             self.mem[:n] = bytes(self.view[self.start:self.end])
             self.start, self.end = 0, n
 
@@ -607,7 +608,7 @@ class Conn:
 
     def need(self, n):
         """Reads until n unread bytes are buffered."""
-        if len(self.mem) - self.start < n:
+        if self.mem is None or len(self.mem) - self.start < n:
             self.room()
         while self.end - self.start < n:
             self.fill()
@@ -616,8 +617,6 @@ class Conn:
         """Returns the next record's (type, request id, content); content is
         a view of the buffer, good until the next call."""
         if self.end - self.start < 8:
-            if self.mem is None:
-                self.room()
             self.need(8)
         version, kind, rid, n, pad = RECORD.unpack_from(self.mem, self.start)
         if version != 1:
@@ -675,7 +674,7 @@ PADDING = [bytes(n) for n in range(8)]
 
 def end_records(rid):
     """The empty STDOUT record that ends a response, and END_REQUEST."""
-    return RECORD.pack(1, FCGI_STDOUT, rid, 0, 0) + END_REQUEST.pack(1, FCGI_END, rid, 8, 0, 0, REQUEST_COMPLETE)
+    return RECORD.pack(1, FCGI_STDOUT, rid, 0, 0) + end_request(rid)
 
 
 def stdout_records(rid, data, parts):
@@ -888,7 +887,8 @@ def make_environ(params, mount):
             env["SERVER_NAME"] = name
         if not env.get("SERVER_PORT"):
             env["SERVER_PORT"] = port
-    to_eof = length < 0 and "HTTP_TRANSFER_ENCODING" in env and "chunked" in env["HTTP_TRANSFER_ENCODING"].lower()
+    coding = env.get("HTTP_TRANSFER_ENCODING")
+    to_eof = length < 0 and coding is not None and "chunked" in coding.lower()
     return env, length, to_eof
 
 
@@ -925,8 +925,7 @@ class Body:
 
     def reader(self):
         if self.file is None:
-            data = self.data
-            return io.BytesIO(bytes(data) if len(data) == self.size else bytes(memoryview(data)[:self.size]))
+            return io.BytesIO(bytes(memoryview(self.data)[:self.size]))
         self.file.seek(0)
         return self.file
 
@@ -1025,13 +1024,13 @@ class FastCGIServer:
                         if self.allowed is not None and not self.allowed_peer(sock):
                             sock.close()
                             continue
-                        self.admit(Conn(sock), clock)
+                        self.admit(Conn(sock))
                         if self.conns or (self.max_requests and self.served >= self.max_requests):
                             break
                 elif item == 7:
                     fd = self.receive_conn(lobby)
                     if fd is not None:
-                        self.admit(Conn(socket.socket(fileno=fd)), clock)
+                        self.admit(Conn(socket.socket(fileno=fd)))
             if self.max_requests and self.served >= self.max_requests:
                 self.ctl.write(HEADER.pack(FINISHED, EXITING, 0, 0))
                 self.ctl.flush()
@@ -1044,7 +1043,7 @@ class FastCGIServer:
                         del self.conns[fd]
                         conn.close()
 
-    def admit(self, conn, clock):
+    def admit(self, conn):
         """Serves a new connection now if its request is there: one may
         come without it yet (an idle one passed on, a web server slow to
         write), and must not hold up the others; it waits in the epoll."""
@@ -1052,7 +1051,7 @@ class FastCGIServer:
         if ready is None or (ready and not self.serve_conn(conn)):
             conn.close()
             return
-        self.conns[conn.fd] = (conn, clock())
+        self.conns[conn.fd] = (conn, self.clock())
         self.ep.register(conn.fd, 1)  # EPOLLIN
 
     def drop(self, ep, conn):

@@ -356,34 +356,28 @@ class ConnTest(unittest.TestCase):
         reader.join()
         self.assertTrue(got[0])
 
-    def test_sendv_keeps_the_order(self):
+    def read_while(self, send, n):
+        """Calls send while a thread reads n bytes on the server's side; returns them."""
         import threading
-        parts = [b"head", memoryview(bytes(range(256)) * 4096)[3:], b"", b"x" * 100000, b"tail"]
-        want = b"".join(parts)
         got = bytearray()
 
         def read():
-            while len(got) < len(want):
+            while len(got) < n:
                 got.extend(self.server.recv(1 << 14))
         reader = threading.Thread(target=read)
         reader.start()
-        self.conn.sendv(list(parts))
+        send()
         reader.join()
-        self.assertEqual(bytes(got), want)
+        return bytes(got)
+
+    def test_sendv_keeps_the_order(self):
+        parts = [b"head", memoryview(bytes(range(256)) * 4096)[3:], b"", b"x" * 100000, b"tail"]
+        want = b"".join(parts)
+        self.assertEqual(self.read_while(lambda: self.conn.sendv(list(parts)), len(want)), want)
 
     def test_send_whole(self):
-        import threading
         data = bytes(range(256)) * 8192  # 2 MiB: more than the socket holds
-        got = bytearray()
-
-        def read():
-            while len(got) < len(data):
-                got.extend(self.server.recv(1 << 16))
-        reader = threading.Thread(target=read)
-        reader.start()
-        self.conn.send(data)
-        reader.join()
-        self.assertEqual(bytes(got), data)
+        self.assertEqual(self.read_while(lambda: self.conn.send(data), len(data)), data)
 
 
 if __name__ == "__main__":
