@@ -256,10 +256,12 @@ class RecordsTest(unittest.TestCase):
 class BodyTest(unittest.TestCase):
     def test_known_length(self):
         body = worker.Body(10)
-        for part in (b"abc", memoryview(b"defg"), bytearray(b"hijkl")):
+        reused = bytearray(b"hijkl")
+        for part in (b"abc", memoryview(b"defg"), reused):
             body.add(part)
+        reused[:] = b"ZZZZZ"  # records are views of a buffer the next read reuses
         self.assertIsNone(body.file)
-        self.assertEqual(body.reader().read(), b"abcdefghij", "cut to the length")
+        self.assertEqual(body.reader().read(), b"abcdefghij", "cut to the length, and copied")
         short = worker.Body(10)
         short.add(b"abc")
         self.assertEqual(short.reader().read(), b"abc", "a body that ends early")
@@ -280,6 +282,37 @@ class BodyTest(unittest.TestCase):
             data = r.read()
         self.assertEqual(len(data), worker.BODY_MEMORY + 10, "cut to the limit")
         self.assertTrue(data.endswith(b"b" * 10))
+
+
+    def test_large_bodies_reuse_memory(self):
+        """After keep_freed_blocks, 1 MiB bodies (received in 32 KiB
+        records, then read whole) reuse the heap's pages. Without it glibc
+        gives some back after each body here (224 page faults for these 20
+        bodies), and under load all of them (480 per body, seen through
+        nginx)."""
+        import subprocess
+        import sys
+        code = """
+import importlib.util, resource, sys
+spec = importlib.util.spec_from_file_location("worker", sys.argv[1])
+worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+worker.keep_freed_blocks()
+piece = memoryview(b"x" * 32768)
+def one():
+    body = worker.Body(worker.BODY_MEMORY)
+    for _ in range(worker.BODY_MEMORY // len(piece)):
+        body.add(piece)
+    assert len(body.reader().read()) == worker.BODY_MEMORY
+one()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    one()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+        out = subprocess.run([sys.executable, "-c", code, worker.__file__],
+                             capture_output=True, text=True, check=True).stdout
+        self.assertLess(int(out), 20, "page faults for 20 bodies of 1 MiB")
 
 
 class WatchListTest(unittest.TestCase):
