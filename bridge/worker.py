@@ -894,14 +894,10 @@ def make_environ(params, mount):
 
 class Body:
     """Collects a request body: in memory up to BODY_MEMORY, as copies of
-    the pieces that came, joined once when the app reads; then in an
-    unlinked temporary file, keeping at most limit bytes (-1: all).
-
-    Not one buffer of the body's length copied out on reading: with two
-    blocks of the body's size alive at once, freeing them hands malloc
-    twice that at the top of its heap, which it gives back to the system,
-    so the next request faulted every page in again (0.9 ms of a 1 MiB
-    POST)."""
+    the pieces that came, joined once when the app reads (no buffer of the
+    whole length to zero first; see keep_freed_blocks for what the two
+    copies cost malloc); then in an unlinked temporary file, keeping at
+    most limit bytes (-1: all)."""
 
     def __init__(self, limit):
         self.limit = limit

@@ -283,7 +283,6 @@ class BodyTest(unittest.TestCase):
         self.assertEqual(len(data), worker.BODY_MEMORY + 10, "cut to the limit")
         self.assertTrue(data.endswith(b"b" * 10))
 
-
     def test_large_bodies_reuse_memory(self):
         """After keep_freed_blocks, 1 MiB bodies (received in 32 KiB
         records, then read whole) reuse the heap's pages. Without it glibc
