@@ -379,7 +379,7 @@ class ConnTest(unittest.TestCase):
 
     def test_send_waits_for_a_slow_reader_then_gives_up(self):
         import threading
-        data = b"x" * (4 << 20)
+        data = b"x" * (4 * worker.SEND_BUFFER)  # past the grown buffer too
         got = []
         reader = threading.Thread(target=lambda: got.append(self.server.recv(1 << 16)))
         reader.start()
@@ -406,6 +406,18 @@ class ConnTest(unittest.TestCase):
         parts = [b"head", memoryview(bytes(range(256)) * 4096)[3:], b"", b"x" * 100000, b"tail"]
         want = b"".join(parts)
         self.assertEqual(self.read_while(lambda: self.conn.sendv(list(parts)), len(want)), want)
+
+    def test_a_response_past_the_buffer_grows_it(self):
+        import socket
+
+        def size():
+            return self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        before = size()
+        self.conn.send(b"x" * 1000)
+        self.assertEqual(size(), before, "a response the buffer holds leaves it as it is")
+        data = bytes(range(256)) * 8192  # 2 MiB
+        self.assertEqual(self.read_while(lambda: self.conn.send(data), 1000 + len(data))[1000:], data)
+        self.assertGreater(size(), before)
 
     def test_send_whole(self):
         data = bytes(range(256)) * 8192  # 2 MiB: more than the socket holds
