@@ -180,6 +180,13 @@ func TestFastCGIWorkerRequests(t *testing.T) {
 			stdout: []string{"Status: 400 Bad Request\r\n"}, ends: []end{{1, 0}}},
 		{name: "no REQUEST_METHOD", in: tu.FCGIRequest(1, false, "", "SERVER_PROTOCOL", "HTTP/1.1"),
 			stdout: []string{"Status: 500 Internal Server Error\r\n"}, ends: []end{{1, 0}}},
+		{name: "an error after the whole body keeps the connection", in: join(tu.FCGIRequest(1, true, "",
+			"REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "PATH_INFO", "/whole-then-raise"), hello(1, false)),
+			stdout: []string{"Content-Length: 5\r\n\r\nwhole", "Hello, world!"}, ends: []end{{1, 0}, {1, 0}},
+			check: func(t *testing.T, r parsed) {
+				assert.Eventually(t, func() bool { return strings.Contains(p.log.String(), "raised after the whole body") },
+					5*time.Second, 10*time.Millisecond, "the error is logged")
+			}},
 		{name: "HEAD has no body", in: tu.FCGIRequest(1, false, "", "REQUEST_METHOD", "HEAD", "SERVER_PROTOCOL", "HTTP/1.1", "SCRIPT_NAME", "/hello"),
 			stdout: []string{"Content-Length: 13\r\n\r\n"}, ends: []end{{1, 0}},
 			check: func(t *testing.T, r parsed) { assert.NotContains(t, r.stdout[1], "Hello") }},

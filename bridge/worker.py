@@ -286,8 +286,16 @@ class FileWrapper:
         raise StopIteration
 
 
+SEQUENCE_ITERATORS = (type(iter([])), type(iter(())))
+
+
 class Response:
     """start_response, write() and the lazy sending of headers for one request."""
+
+    # Whether the response ends before the app's close() runs. Not on the
+    # pipe: the bridge would send the next request, and perhaps the signal
+    # that stops it, while this one's close() still runs.
+    finish_first = False
 
     def __init__(self, out, rid, omit_body):
         self.out = out
@@ -456,13 +464,17 @@ def run_app(app, environ, resp):
         app_running = True
         result = app(environ, resp.start_response)
         try:
-            if type(result) in (list, tuple):
-                # A sequence is complete already: send it in one write.
-                for chunk in result:
-                    resp.write(chunk, 0)
-            else:
-                for chunk in result:
-                    resp.write(chunk)
+            chunks = iter(result)
+            # The chunks of a list, or of an object that iterates one (as
+            # Django's HttpResponse does), are all there: no app code runs
+            # between them, so they go out together, in one write. Others
+            # are sent as they come (PEP 3333).
+            flags = 0 if type(chunks) in SEQUENCE_ITERATORS else FLUSH
+            for chunk in chunks:
+                resp.write(chunk, flags)
+            if resp.finish_first:
+                app_running = False
+                resp.finish()
         finally:
             app_running = False
             close = getattr(result, "close", None)
@@ -471,7 +483,8 @@ def run_app(app, environ, resp):
                     close()
                 except BaseException as exc:
                     report(resp, environ, exc)
-        resp.finish()
+        if not resp.finish_first:
+            resp.finish()
     except (ProtocolError, BrokenPipeError, ConnClosed):
         raise
     except BaseException as exc:
@@ -744,6 +757,10 @@ def decode_pairs(data, pairs, limit):
 class FastCGIResponse(Response):
     """A Response sent as FCGI_STDOUT records on the connection."""
 
+    # The web server has the whole response, END_REQUEST with it, before
+    # close() runs (Django's sends signals and closes database connections).
+    finish_first = True
+
     def __init__(self, conn, rid, omit_body, ctl):
         Response.__init__(self, None, rid, omit_body)
         self.conn = conn
@@ -765,8 +782,9 @@ class FastCGIResponse(Response):
             self.finished = True
         elif kind == ABORTED:
             # No END_REQUEST: the connection is closed, which is how the web
-            # server learns that the response is incomplete.
-            self.cut_short = not self.aborted
+            # server learns that the response is incomplete. A response that
+            # ended complete stays so, and its connection is kept.
+            self.cut_short = not self.aborted and not self.ended
         else:
             self.ctl.write(HEADER.pack(kind, flags, self.rid, len(payload)) + payload)
             self.ctl.flush()
@@ -781,6 +799,14 @@ class FastCGIResponse(Response):
         self.frame(FINISHED)
         self.flush()
 
+    def complete(self):
+        """True once the body has all of its Content-Length: the request
+        can end with the last of it, in the same write, before the app's
+        iterable is exhausted and closed (a generator, or Flask's response,
+        would otherwise cost a second write, and the web server a second
+        wake-up, for END_REQUEST alone)."""
+        return self.headers_sent and self.length is not None and self.sent >= self.length
+
     def flush(self):
         """Sends what the app gave so far as STDOUT records: a short response
         as one record with its END_REQUEST, in one write; a large one by
@@ -790,7 +816,7 @@ class FastCGIResponse(Response):
         if self.aborted:
             return
         tail = b""
-        if self.finished and not self.ended:
+        if not self.ended and (self.finished or self.complete()):
             self.ended = True
             tail = end_records(self.rid)
         if size > MAX_RECORD_CONTENT:
@@ -1187,7 +1213,7 @@ class FastCGIServer:
 
     def on_io(self, signum, frame):
         resp = self.current_resp
-        if not app_running or resp is None or resp.aborted:
+        if not app_running or resp is None or resp.aborted or resp.ended:
             return
         try:
             data = self.current.sock.recv(65536, self.socket.MSG_PEEK | self.socket.MSG_DONTWAIT)

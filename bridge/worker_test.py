@@ -1,6 +1,7 @@
 """Unit tests of the worker program, without the Go side: run with
 `python3 -m unittest bridge/worker_test.py` (TestPythonWorker runs them)."""
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -332,6 +333,144 @@ class WatchListTest(unittest.TestCase):
             self.assertEqual(got[future], os.stat(future).st_mtime_ns,
                              "a future time is kept, or every new worker would reload")
         self.assertIsNone(got[os.path.join(d, "gone.py")])
+
+
+class Wire:
+    """A fake connection: the web server's bytes to read, and each send
+    the worker makes, kept apart."""
+
+    def __init__(self, data):
+        self.data = data
+        self.sends = []
+
+    def fileno(self):
+        return -1
+
+    def recv_into(self, buf, n=0, flags=0):
+        if not self.data:
+            raise BlockingIOError
+        n = min(len(buf), len(self.data))
+        buf[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+    def send(self, data, flags=0):
+        self.sends.append(bytes(data))
+        return len(data)
+
+    def sendmsg(self, parts, ancdata=(), flags=0):
+        return self.send(b"".join(parts))
+
+    def close(self):
+        pass
+
+
+def request(path, keep=True):
+    """A GET for path as nginx sends it, on a connection it keeps."""
+    pairs = b""
+    for name, value in ((b"REQUEST_METHOD", b"GET"), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"PATH_INFO", path)):
+        pairs += bytes((len(name), len(value))) + name + value
+    return (record(worker.FCGI_BEGIN, 1, bytes((0, worker.FCGI_RESPONDER, int(keep), 0, 0, 0, 0, 0)))
+            + record(worker.FCGI_PARAMS, 1, pairs, -len(pairs) & 7) + record(worker.FCGI_PARAMS, 1, b"")
+            + record(worker.FCGI_STDIN, 1, b""))
+
+
+END = worker.end_request(1)
+
+
+class FastCGIServeTest(unittest.TestCase):
+    """One request through FastCGIServer.serve_conn: what goes out, in
+    which writes, and whether the connection is kept."""
+
+    def serve(self, app, path=b"/"):
+        ctl = io.BytesIO()
+        srv = worker.FastCGIServer(app, None, ctl, {})
+        wire = self.wire = Wire(request(path))
+        conn = worker.Conn(wire)
+        conn.fill_nowait()
+        with contextlib.redirect_stderr(io.StringIO()):  # the tracebacks of the apps that raise
+            kept = srv.serve_conn(conn)
+        return wire.sends, kept, parse(ctl.getvalue())
+
+    def test_a_generator_ends_with_its_content_length(self):
+        events = []
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "5")])
+
+            def body():
+                yield b"hello"
+                events.append("resumed")
+            return Closing(body(), events)
+        sends, kept, _ = self.serve(app)
+        self.assertEqual(len(sends), 1, "body and END_REQUEST in one write")
+        self.assertIn(b"\r\n\r\nhello", sends[0])
+        self.assertTrue(sends[0].endswith(worker.end_records(1)))
+        self.assertEqual(events, ["resumed", "closed"], "the iterable still runs to its end and is closed")
+        self.assertTrue(kept)
+
+    def test_a_response_that_iterates_a_list_goes_in_one_write_before_close(self):
+        events = []
+        test = self
+
+        class Response:  # as Django's HttpResponse: no length, iterates its list
+            def __iter__(self):
+                return iter([b"hel", b"lo"])
+
+            def close(self):
+                events.append(len(test.wire.sends))
+
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            return Response()
+        sends, kept, _ = self.serve(app)
+        self.assertEqual(len(sends), 1)
+        self.assertIn(b"\r\n\r\nhello", sends[0])
+        self.assertTrue(sends[0].endswith(worker.end_records(1)))
+        self.assertEqual(events, [1], "the response was out when close() ran")
+        self.assertTrue(kept)
+
+    def test_a_generator_without_length_ends_after_it(self):
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            yield b"hello"
+        sends, kept, _ = self.serve(app)
+        self.assertEqual(len(sends), 2)
+        self.assertEqual(sends[1], worker.end_records(1))
+        self.assertTrue(kept)
+
+    def test_an_error_after_the_whole_body_keeps_the_connection(self):
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "5")])
+            yield b"hello"
+            raise RuntimeError("late")
+        sends, kept, log = self.serve(app)
+        self.assertEqual(len(sends), 1)
+        self.assertEqual(b"".join(sends).count(END), 1)
+        self.assertTrue(kept, "the client has its whole response; the connection serves on")
+        self.assertIn("late", b"".join(payload for kind, _, payload in log if kind == "L").decode())
+
+    def test_an_error_before_the_whole_body_closes_the_connection(self):
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "10")])
+            yield b"hello"
+            raise RuntimeError("late")
+        sends, kept, _ = self.serve(app)
+        self.assertNotIn(END, b"".join(sends), "no END_REQUEST for a response cut short")
+        self.assertFalse(kept, "closing is how the web server learns it")
+
+
+class Closing:
+    """Iterates chunks; notes in events when closed."""
+
+    def __init__(self, chunks, events):
+        self.chunks, self.events = chunks, events
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self):
+        self.events.append("closed")
 
 
 class ConnTest(unittest.TestCase):

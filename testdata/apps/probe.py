@@ -134,6 +134,13 @@ def raise_after(environ, start_response):
     raise RuntimeError("raised after headers on purpose")
 
 
+def whole_then_raise(environ, start_response):
+    """Yields all of its Content-Length, then raises: the client has its response."""
+    start_response("200 OK", TEXT + [("Content-Length", "5")])
+    yield b"whole"
+    raise RuntimeError("raised after the whole body on purpose")
+
+
 def empty_then_raise(environ, start_response):
     start_response("200 OK", TEXT)
     yield b""
@@ -282,7 +289,7 @@ ROUTES = {
     "/": hello, "/hello": hello, "/environ": environ_dump, "/os-environ": os_environ,
     "/echo": echo, "/count": count, "/read-all": read_all, "/read-more": read_more, "/readlines": readlines,
     "/stream": stream, "/print": prints, "/raise-before": raise_before,
-    "/raise-after": raise_after, "/empty-then-raise": empty_then_raise,
+    "/raise-after": raise_after, "/whole-then-raise": whole_then_raise, "/empty-then-raise": empty_then_raise,
     "/empty-body": empty_body, "/write-before-start": write_before_start,
     "/start-twice": start_twice, "/exc-info-before": exc_info_before,
     "/exc-info-after": exc_info_after, "/write": write_callable,
