@@ -439,23 +439,24 @@ class FastCGIServeTest(unittest.TestCase):
         self.assertEqual(sends[1], worker.end_records(1))
         self.assertTrue(kept)
 
-    def test_an_error_after_the_whole_body_keeps_the_connection(self):
+    @staticmethod
+    def hello_then_raise(length):
+        """An app that yields b"hello" under the given Content-Length, then raises."""
         def app(environ, start_response):
-            start_response("200 OK", [("Content-Length", "5")])
+            start_response("200 OK", [("Content-Length", str(length))])
             yield b"hello"
             raise RuntimeError("late")
-        sends, kept, log = self.serve(app)
+        return app
+
+    def test_an_error_after_the_whole_body_keeps_the_connection(self):
+        sends, kept, log = self.serve(self.hello_then_raise(5))
         self.assertEqual(len(sends), 1)
         self.assertEqual(b"".join(sends).count(END), 1)
         self.assertTrue(kept, "the client has its whole response; the connection serves on")
         self.assertIn("late", b"".join(payload for kind, _, payload in log if kind == "L").decode())
 
     def test_an_error_before_the_whole_body_closes_the_connection(self):
-        def app(environ, start_response):
-            start_response("200 OK", [("Content-Length", "10")])
-            yield b"hello"
-            raise RuntimeError("late")
-        sends, kept, _ = self.serve(app)
+        sends, kept, _ = self.serve(self.hello_then_raise(10))
         self.assertNotIn(END, b"".join(sends), "no END_REQUEST for a response cut short")
         self.assertFalse(kept, "closing is how the web server learns it")
 
