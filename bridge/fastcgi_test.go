@@ -212,6 +212,43 @@ func TestFastCGIWorkerRequests(t *testing.T) {
 	}
 }
 
+// TestFastCGIWorkerStalledRequests: requests whose web server stops
+// halfway (a slow upload streamed by nginx with fastcgi_request_buffering
+// off, or a peer that stalls) do not hold the only worker; each is served
+// once the rest of it comes.
+func TestFastCGIWorkerStalledRequests(t *testing.T) {
+	p := startFCGIPool(t, 1, "application")
+	body := strings.Repeat("upload ", 30000)
+	post := tu.FCGIRequest(1, false, body, "REQUEST_METHOD", "POST", "SERVER_PROTOCOL", "HTTP/1.1",
+		"SCRIPT_NAME", "/echo", "CONTENT_LENGTH", strconv.Itoa(len(body)))
+	cuts := map[string]int{
+		"in BEGIN_REQUEST": 10,
+		"in the params":    30,
+		"in the body":      len(post) / 2,
+		"before the end":   len(post) - 8,
+	}
+	conns := map[string]net.Conn{}
+	for name, cut := range cuts {
+		nc, err := net.Dial("unix", p.sock)
+		require.NoError(t, err)
+		defer nc.Close()
+		require.NoError(t, nc.SetDeadline(time.Now().Add(30*time.Second)))
+		_, err = nc.Write(post[:cut])
+		require.NoError(t, err, name)
+		conns[name] = nc
+	}
+	p.healthy(t)
+	for name, nc := range conns {
+		_, err := nc.Write(post[cuts[name]:])
+		require.NoError(t, err, name)
+		got, err := io.ReadAll(nc)
+		require.NoError(t, err, name)
+		r := reply(t, got)
+		assert.True(t, strings.HasSuffix(r.stdout[1], "\r\n\r\n"+body), "%s: the whole body echoed", name)
+		assert.Equal(t, []end{{1, 0}}, r.ends, name)
+	}
+}
+
 // TestFastCGIWorkerMalformed: input that is not FastCGI, or breaks its
 // limits, closes the connection unanswered and is logged; the worker
 // serves on.

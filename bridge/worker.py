@@ -525,19 +525,38 @@ def mtime(path):
         return None
 
 
+BODY_STALL = 1.0  # seconds the oldest body may stall others before it goes to a file
+
+
 class ConnClosed(Exception):
     """The connection ended or broke; it is closed without a reply."""
 
 
+class Incomplete(Exception):
+    """The rest of a request has not come yet. What came is kept with its
+    connection, which waits in the epoll while the worker serves others:
+    a web server that streams a slow upload (nginx with
+    fastcgi_request_buffering off, Apache's mod_proxy_fcgi) or stalls
+    costs the worker nothing until more arrives."""
+
+
+class Paused(Incomplete):
+    """A request body must wait for memory (Body.fits); its connection is
+    not read until another body leaves it some."""
+
+
 MSG_DONTWAIT = 0x40  # Linux
+EPOLLIN = 1  # select.EPOLLIN; select is imported only by the fastcgi mode
 SEND_BUFFER = 1 << 20  # bytes a connection may ask of the kernel; see Conn.grow
 
 
 class Conn:
-    """One connection from the web server, with its read buffer. Reads and
-    writes try first without waiting; only when the web server is not
-    ready do they wait, and then at most TIMEOUT seconds (a poll costs a
-    call only then, where socket timeouts would cost two per connection).
+    """One connection from the web server, with its read buffer and what
+    has come of its request. Reads never wait: when the web server has
+    sent nothing more, they raise Incomplete. Writes try first without
+    waiting; only when the web server is not ready do they wait, and then
+    at most TIMEOUT seconds (a poll costs a call only then, where socket
+    timeouts would cost two per connection).
 
     Reads go straight into a buffer the connection borrows from a small
     pool while it has unread bytes, and records are views of it: a request
@@ -556,9 +575,20 @@ class Conn:
         self.cut_short = False
         self.passed = False
         self.grown = False
+        self.paused = False  # its body waits for memory: not read meanwhile
+        self.last = 0
+        self.rid = 0  # the request begun, from BEGIN_REQUEST to its end
+        self.params = []  # its PARAMS records so far
+        self.params_size = 0
+        self.pending = None  # its Pending, once the params are whole
 
     def buffered(self):
         return self.end - self.start
+
+    def movable(self):
+        """True when nothing of a request is held here, so the connection
+        can go to another worker."""
+        return self.start == self.end and not self.rid
 
     def wait(self, event):
         import select
@@ -592,37 +622,18 @@ class Conn:
     def fill(self):
         if self.mem is None or self.end == len(self.mem):
             self.room()
-        while True:
-            try:
-                n = self.sock.recv_into(self.view[self.end:], 0, MSG_DONTWAIT)
-                break
-            except BlockingIOError:
-                self.wait(1)  # POLLIN
-            except OSError as exc:
-                raise ConnClosed(str(exc)) from None
+        try:
+            n = self.sock.recv_into(self.view[self.end:], 0, MSG_DONTWAIT)
+        except BlockingIOError:
+            raise Incomplete from None
+        except OSError as exc:
+            raise ConnClosed(str(exc)) from None
         if not n:
             raise ConnClosed("the web server closed the connection")
         self.end += n
 
-    def fill_nowait(self):
-        """Reads what has arrived without waiting: True if something did,
-        False if nothing yet, None if the connection is closed."""
-        if self.mem is None or self.end == len(self.mem):
-            self.room()
-        try:
-            n = self.sock.recv_into(self.view[self.end:], 0, MSG_DONTWAIT)
-        except BlockingIOError:
-            self.release()
-            return False
-        except OSError:
-            return None
-        if not n:
-            return None
-        self.end += n
-        return True
-
     def need(self, n):
-        """Reads until n unread bytes are buffered."""
+        """Reads until n unread bytes are buffered, or raises Incomplete."""
         if self.mem is None or len(self.mem) - self.start < n:
             self.room()
         while self.end - self.start < n:
@@ -640,8 +651,13 @@ class Conn:
         if self.end - start < 8 + n + pad:
             self.need(8 + n + pad)
             start = self.start
+        self.last = start
         self.start = start + 8 + n + pad
         return kind, rid, self.view[start + 8:start + 8 + n]
+
+    def unread(self):
+        """Puts the record record() returned last back, to be read again."""
+        self.start = self.last
 
     def send(self, data):
         try:
@@ -692,6 +708,9 @@ class Conn:
         return True
 
     def close(self):
+        if self.pending is not None and self.pending.body is not None:
+            self.pending.body.discard()
+        self.pending = None
         self.start = self.end
         self.release()
         self.sock.close()
@@ -832,6 +851,16 @@ class FastCGIResponse(Response):
             self.conn.send(tail)
 
 
+class Pending:
+    """A request whose params have come: its environ, and its body as it
+    comes (refused: the status it gets instead of running the app)."""
+
+    __slots__ = ("head", "line", "environ", "to_eof", "body", "refused")
+
+    def __init__(self):
+        self.body = self.refused = None
+
+
 class Refused(Exception):
     """A request refused before the app sees it; status is what the client gets."""
 
@@ -938,11 +967,20 @@ def make_environ(params, mount):
 
 
 class Body:
-    """Collects a request body: in memory up to BODY_MEMORY, as copies of
-    the pieces that came, joined once when the app reads (no buffer of the
-    whole length to zero first; see keep_freed_blocks for what the two
-    copies cost malloc); then in an unlinked temporary file, keeping at
-    most limit bytes (-1: all)."""
+    """Collects a request body: in memory, as copies of the pieces that
+    came, joined once when the app reads (no buffer of the whole length to
+    zero first; see keep_freed_blocks for what the two copies cost
+    malloc); past BODY_MEMORY, in an unlinked temporary file; keeping at
+    most limit bytes (-1: all).
+
+    The bodies a worker collects at once share BODY_MEMORY: the oldest may
+    always grow, another only while they all fit (fits()), so that many
+    uploads streamed at once wait in the web server and the kernel, not
+    in the worker's memory, and are taken in turn."""
+
+    held = 0  # bytes in memory of the bodies being collected
+    collecting = {}  # those bodies, oldest first: when each last grew
+    taken = 0  # counts the bodies that left collecting, freeing memory
 
     def __init__(self, limit):
         self.limit = limit
@@ -950,29 +988,54 @@ class Body:
         self.file = None
         self.chunks = []
 
-    def add(self, data):
+    def fits(self, n):
+        """True if n more bytes may be added now."""
+        return (self.file is not None or Body.held + n <= BODY_MEMORY
+                or next(iter(Body.collecting), self) is self)
+
+    def add(self, data, now=0.0):
         if self.limit >= 0:
             data = data[:self.limit - self.size]
         n = len(data)
         if not n:
             return
+        if self.file is None and self.size + n > BODY_MEMORY:
+            self.spill()
         if self.file is not None:
             self.file.write(data)
         else:
             self.chunks.append(bytes(data))
-            if self.size + n > BODY_MEMORY:
-                import tempfile
-                self.file = tempfile.TemporaryFile()
-                self.file.writelines(self.chunks)
-                self.chunks = None
+            Body.held += n
+            Body.collecting[self] = now
         self.size += n
+
+    def spill(self):
+        """Moves what came so far to a temporary file, freeing its memory."""
+        import tempfile
+        self.file = tempfile.TemporaryFile()
+        self.file.writelines(self.chunks)
+        self.forget()
+
+    def forget(self):
+        if self.chunks is not None:
+            self.chunks = None
+            Body.held -= self.size
+            if Body.collecting.pop(self, None) is not None:
+                Body.taken += 1
 
     def reader(self):
         if self.file is None:
-            data, self.chunks = b"".join(self.chunks), None
+            data = b"".join(self.chunks)
+            self.forget()
             return io.BytesIO(data)
         self.file.seek(0)
         return self.file
+
+    def discard(self):
+        """Drops a body that no app will read."""
+        self.forget()
+        if self.file is not None:
+            self.file.close()
 
 
 class FastCGIServer:
@@ -992,6 +1055,9 @@ class FastCGIServer:
         self.access_log = "access-log" in opts
         self.served = 0
         self.conns = {}
+        self.paused = []  # connections whose body waits for memory
+        self.taken = Body.taken
+        self.draining = False
         self.board = self.slot = self.current = self.current_resp = None
         self.alarm_armed = self.stalled = self.watching = False
         self.started = 0.0
@@ -1025,8 +1091,12 @@ class FastCGIServer:
         import _socket
         accept, new_socket = self.listener._accept, _socket.socket
         family, stype = self.listener.family, self.listener.type
+        hangup = select.EPOLLHUP | select.EPOLLERR
         while True:
-            timeout = self.IDLE_TIMEOUT if self.conns else -1
+            if self.paused:
+                timeout = BODY_STALL
+            else:
+                timeout = Conn.TIMEOUT if self.conns else -1
             if board is not None:
                 board[slot] = 1
             events = ep.poll(timeout)
@@ -1035,11 +1105,14 @@ class FastCGIServer:
             # Events become objects before anything is closed, so a number
             # reused by an accept below cannot be mistaken for another.
             items = []
-            for fd, _ in events:
+            hung = set()
+            for fd, ev in events:
                 if fd == 3:
                     return self.close_all()
                 items.append(self.conns[fd][0] if fd in self.conns else fd)
-            ready = [x for x in items if type(x) is Conn and not x.buffered()]
+                if ev & hangup:
+                    hung.add(fd)
+            ready = [x for x in items if type(x) is Conn and x.movable()]
             if len(ready) > 1 and board is not None and 1 in board[:64]:
                 # Another worker waits idle: it takes the other ready
                 # connections, so no request waits behind ours.
@@ -1052,10 +1125,13 @@ class FastCGIServer:
                     conn = item
                     if conn.passed:
                         continue
-                    if self.serve_conn(conn):
-                        self.conns[conn.fd] = (conn, clock())
-                    else:
-                        self.drop(ep, conn)
+                    if conn.paused:
+                        # Not read while paused; closed by the web server
+                        # (its client went away), it is done.
+                        if conn.fd in hung:
+                            self.drop(conn)
+                        continue
+                    self.turn(conn)
                     continue
                 if item == lfd:
                     # Accepts on while connections wait: under load a worker
@@ -1080,28 +1156,74 @@ class FastCGIServer:
                 self.ctl.write(HEADER.pack(FINISHED, EXITING, 0, 0))
                 self.ctl.flush()
                 return self.close_all()
+            if self.paused:
+                self.unstall(clock())
+                if Body.taken != self.taken:
+                    self.resume()
             if self.conns:
-                now = clock()
-                for fd, (conn, since) in list(self.conns.items()):
-                    if now - since > self.IDLE_TIMEOUT:
-                        ep.unregister(fd)
-                        del self.conns[fd]
-                        conn.close()
+                self.sweep(clock())
 
     def admit(self, conn):
         """Serves a new connection now if its request is there: one may
         come without it yet (an idle one passed on, a web server slow to
         write), and must not hold up the others; it waits in the epoll."""
-        ready = conn.fill_nowait()
-        if ready is None or (ready and not self.serve_conn(conn)):
+        if not self.serve_conn(conn):
             conn.close()
             return
         self.conns[conn.fd] = (conn, self.clock())
-        self.ep.register(conn.fd, 1)  # EPOLLIN
+        self.ep.register(conn.fd, 0 if conn.paused else EPOLLIN)
 
-    def drop(self, ep, conn):
+    def turn(self, conn):
+        """Serves what came on a kept connection."""
+        if self.serve_conn(conn):
+            self.conns[conn.fd] = (conn, self.clock())
+        else:
+            self.drop(conn)
+
+    def pause(self, conn):
+        conn.paused = True
+        self.paused.append(conn)
+        if conn.fd in self.conns:
+            self.ep.modify(conn.fd, 0)
+
+    def resume(self):
+        """Gives the paused connections their turn again, once a body left
+        memory free (they pause again if it is not enough)."""
+        while self.paused and Body.taken != self.taken:
+            self.taken = Body.taken
+            paused, self.paused = self.paused, []
+            for conn in paused:
+                conn.paused = False
+                if self.conns.get(conn.fd, (None,))[0] is conn:
+                    self.ep.modify(conn.fd, EPOLLIN)
+                    # Its next record waits in its buffer: no event would come for it.
+                    self.turn(conn)
+
+    def unstall(self, now):
+        """Sends the oldest body to a file when it stalls the paused ones:
+        a client that stops uploading must not hold the others up."""
+        for body, grew in Body.collecting.items():
+            if now - grew > BODY_STALL:
+                body.spill()
+            return
+
+    def sweep(self, now):
+        """Closes the kept connections idle past IDLE_TIMEOUT, and those
+        whose request has not come whole after Conn.TIMEOUT without news."""
+        for conn, since in list(self.conns.values()):
+            if conn.paused:
+                continue  # it waits for the worker, not for the web server
+            if conn.movable():
+                if now - since > self.IDLE_TIMEOUT:
+                    self.drop(conn)
+            elif now - since > conn.TIMEOUT:
+                self.log(LOG_WARN, "fastcgi: closing a connection: the web server left "
+                         "a request unfinished for %gs" % conn.TIMEOUT)
+                self.drop(conn)
+
+    def drop(self, conn):
         if self.conns.pop(conn.fd, (None,))[0] is conn:
-            ep.unregister(conn.fd)
+            self.ep.unregister(conn.fd)
         conn.close()
 
     def pass_conn(self, conn):
@@ -1111,7 +1233,7 @@ class FastCGIServer:
         except OSError:
             return False
         conn.passed = True
-        self.drop(self.ep, conn)
+        self.drop(conn)
         return True
 
     def allowed_peer(self, sock):
@@ -1189,7 +1311,7 @@ class FastCGIServer:
             if self.timeout:
                 self.arm(self.timeout - elapsed)
             for conn, _ in list(self.conns.values()):
-                if conn is not self.current and not conn.buffered():
+                if conn is not self.current and conn.movable():
                     self.pass_conn(conn)
             return self.watch_abort(True)
         if watch_stall:
@@ -1234,12 +1356,14 @@ class FastCGIServer:
         raise stopped()
 
     def close_all(self):
-        """Leaves: the kept connections go to the other workers (a reload's
-        new ones, or the peers of a worker that served its max requests),
-        so nginx never finds one closed under a request."""
+        """Leaves: requests still coming are served first; then the kept
+        connections go to the other workers (a reload's new ones, or the
+        peers of a worker that served its max requests), so nginx never
+        finds one closed under a request."""
+        self.draining = True  # bodies no longer wait for memory, but in turn
         for conn, _ in list(self.conns.values()):
-            if conn.buffered() or self.board is None or not self.pass_conn(conn):
-                self.drop(self.ep, conn)
+            if not self.finish(conn) or self.board is None or not self.pass_conn(conn):
+                self.drop(conn)
         return 0
 
     def log(self, level, message):
@@ -1248,27 +1372,54 @@ class FastCGIServer:
         self.ctl.flush()
 
     def serve_conn(self, conn):
-        """Serves the next request on conn; True: keep the connection."""
+        """Reads what has come of the next request on conn, and serves the
+        request once it is whole; True: keep the connection (a request
+        still coming waits in it)."""
         try:
-            req = self.read_params(conn)
+            req = conn.pending
             if req is None:
-                return False
-            self.run(conn, *req)
+                pairs = self.read_params(conn)
+                if pairs is None:
+                    return False
+                req = conn.pending = self.prepare(pairs)
+            done = self.read_stdin(conn, req.body)
+            rid, conn.rid, conn.pending = conn.rid, 0, None
+            if done:
+                self.run(conn, rid, req)
+            elif req.body is not None:
+                req.body.discard()
+        except Paused:
+            self.pause(conn)
+            return True
+        except Incomplete:
+            conn.release()
+            return True
         except ConnClosed as exc:
             self.log(LOG_WARN, "fastcgi: closing a connection: %s" % exc)
             return False
         conn.release()
         return conn.keep and not conn.cut_short
 
+    def finish(self, conn):
+        """Serves the request that has begun on conn, waiting for the rest
+        of it; True: the connection is kept."""
+        try:
+            while not conn.movable():
+                if not self.serve_conn(conn):
+                    return False
+                if not conn.movable():
+                    conn.wait(1)  # POLLIN
+        except ConnClosed as exc:
+            self.log(LOG_WARN, "fastcgi: closing a connection: %s" % exc)
+            return False
+        return True
+
     def read_params(self, conn):
-        """Reads records up to the end of a request's params; returns
-        (id, params) or None when the web server closed the connection
-        between requests."""
-        rid = 0
-        params = []
-        size = 0
+        """Reads records up to the end of a request's params; returns the
+        params, or None when the web server closed the connection between
+        requests."""
         while True:
-            if not conn.buffered() and rid == 0:
+            if not conn.rid and not conn.buffered():
                 try:
                     conn.fill()
                 except ConnClosed:
@@ -1280,31 +1431,34 @@ class FastCGIServer:
                 if len(content) < 3:
                     raise ConnClosed("short BEGIN_REQUEST")
                 role = (content[0] << 8) | content[1]
-                if rid:
+                if conn.rid:
                     conn.send(end_request(r, CANT_MPX_CONN))
                 elif role != FCGI_RESPONDER:
                     conn.send(end_request(r, UNKNOWN_ROLE))
                 else:
-                    rid, conn.keep = r, bool(content[2] & FCGI_KEEP_CONN)
-            elif r != rid:
+                    conn.rid, conn.keep = r, bool(content[2] & FCGI_KEEP_CONN)
+            elif r != conn.rid:
                 continue  # a record of a request that ended or never began
             elif kind == FCGI_ABORT:
-                conn.send(end_request(rid))
-                rid, params, size = 0, [], 0
+                conn.send(end_request(r))
+                conn.rid, conn.params, conn.params_size = 0, [], 0
             elif kind == FCGI_PARAMS:
                 if not content:
                     pairs = {}
-                    decode_pairs(b"".join(params), pairs, MAX_PARAMS)
-                    return rid, pairs
-                size += len(content)
-                if size > MAX_PARAMS_BYTES:
+                    decode_pairs(b"".join(conn.params), pairs, MAX_PARAMS)
+                    conn.params, conn.params_size = [], 0
+                    return pairs
+                conn.params_size += len(content)
+                if conn.params_size > MAX_PARAMS_BYTES:
                     raise ConnClosed("params over %d bytes" % MAX_PARAMS_BYTES)
-                params.append(bytes(content))
+                conn.params.append(bytes(content))
             elif kind != FCGI_DATA:
                 raise ConnClosed("record type %d before the params ended" % kind)
 
-    def read_stdin(self, conn, rid, body):
-        """Reads the request's STDIN to its end, into body (None: dropped)."""
+    def read_stdin(self, conn, body):
+        """Reads the request's STDIN to its end, into body (None: dropped);
+        False if the web server aborted the request."""
+        rid = conn.rid
         while True:
             kind, r, content = conn.record()
             if r == 0:
@@ -1316,7 +1470,10 @@ class FastCGIServer:
                 if not content:
                     return True
                 if body is not None:
-                    body.add(content)
+                    if not self.draining and not body.fits(len(content)):
+                        conn.unread()
+                        raise Paused
+                    body.add(content, self.clock())
             elif kind == FCGI_ABORT:
                 conn.send(end_request(rid))
                 return False
@@ -1338,41 +1495,49 @@ class FastCGIServer:
         else:
             conn.send(RECORD.pack(1, FCGI_UNKNOWN_TYPE, 0, 8, 0) + bytes((kind,)) + bytes(7))
 
-    def run(self, conn, rid, pairs):
+    def prepare(self, pairs):
+        """The Pending request for params that have come whole."""
+        req = Pending()
+        req.head = pairs.get("REQUEST_METHOD") == "HEAD"
+        if self.access_log:
+            req.line = (pairs.get("REQUEST_METHOD", ""), pairs.get("REQUEST_URI", ""), self.clock())
+        try:
+            req.environ, length, req.to_eof = make_environ(pairs, self.mount)
+        except Refused as exc:
+            self.log(LOG_WARN, "request refused: %s" % exc)
+            req.refused = exc.status
+            return req
+        # The whole body is read before the app runs: a web server may stop
+        # sending it once the response begins (nginx does).
+        if length > 0 or req.to_eof:
+            req.body = Body(length)
+        return req
+
+    def run(self, conn, rid, req):
         global stop_pending
         stop_pending = False
         self.served += 1
         if self.board is not None:
             SERVED.pack_into(self.board, 64 + 8 * self.slot, self.served)
-        resp = FastCGIResponse(conn, rid, pairs.get("REQUEST_METHOD") == "HEAD", self.ctl)
-        if self.access_log:
-            start = self.clock()
-            method, uri = pairs.get("REQUEST_METHOD", ""), pairs.get("REQUEST_URI", "")
+        resp = FastCGIResponse(conn, rid, req.head, self.ctl)
         try:
-            self.respond(conn, rid, pairs, resp)
+            if req.refused:
+                resp.refuse(req.refused)
+            else:
+                self.respond(conn, rid, req, resp)
         finally:
             if self.access_log:
+                method, uri, start = req.line
                 entry = "\0".join((method, uri, resp.status.decode("latin-1"), str(resp.sent),
                                     str(int((self.clock() - start) * 1e6)))).encode("utf-8", "surrogateescape")
                 self.ctl.write(HEADER.pack(ACCESS, 0, 0, len(entry)) + entry)
                 self.ctl.flush()
 
-    def respond(self, conn, rid, pairs, resp):
-        try:
-            environ, length, to_eof = make_environ(pairs, self.mount)
-        except Refused as exc:
-            self.log(LOG_WARN, "request refused: %s" % exc)
-            if self.read_stdin(conn, rid, None):
-                resp.refuse(exc.status)
-            return
-        body = Body(length) if length > 0 or to_eof else None
-        # The whole body is read before the app runs: a web server may stop
-        # sending it once the response begins (nginx does).
-        if not self.read_stdin(conn, rid, body):
-            return
+    def respond(self, conn, rid, req, resp):
+        environ = req.environ
         environ.update(FASTCGI_ENVIRON)
-        environ["wsgi.input"] = body.reader() if body else io.BytesIO()
-        if to_eof:
+        environ["wsgi.input"] = req.body.reader() if req.body else io.BytesIO()
+        if req.to_eof:
             environ["wsgi.input_terminated"] = True
         timed = self.timeout or self.board is not None
         if timed:

@@ -255,6 +255,9 @@ class RecordsTest(unittest.TestCase):
 
 
 class BodyTest(unittest.TestCase):
+    def tearDown(self):
+        self.assertEqual((worker.Body.held, worker.Body.collecting), (0, {}), "every body gave its memory back")
+
     def test_known_length(self):
         body = worker.Body(10)
         reused = bytearray(b"hijkl")
@@ -283,6 +286,28 @@ class BodyTest(unittest.TestCase):
             data = r.read()
         self.assertEqual(len(data), worker.BODY_MEMORY + 10, "cut to the limit")
         self.assertTrue(data.endswith(b"b" * 10))
+
+    def test_bodies_being_collected_share_the_memory(self):
+        half = worker.BODY_MEMORY // 2
+        first, second, third = worker.Body(-1), worker.Body(-1), worker.Body(-1)
+        first.add(b"a" * half)
+        second.add(b"b" * half)
+        self.assertFalse(second.fits(1), "past the shared memory another body waits")
+        self.assertFalse(third.fits(1))
+        self.assertTrue(first.fits(half), "the oldest may always grow")
+        self.assertEqual(first.reader().read(), b"a" * half)
+        self.assertTrue(second.fits(half), "the app took the oldest: the next is oldest now")
+        self.assertTrue(third.fits(1), "and memory is free again")
+        taken = worker.Body.taken
+        second.spill()
+        self.assertEqual(worker.Body.taken, taken + 1, "a spilled body frees its memory")
+        self.assertEqual((worker.Body.held, worker.Body.collecting), (0, {}))
+        second.add(b"c")
+        with second.reader() as r:
+            self.assertEqual(r.read(), b"b" * half + b"c")
+        third.add(b"d")
+        third.discard()
+        self.assertEqual((worker.Body.held, worker.Body.collecting), (0, {}))
 
     def test_large_bodies_reuse_memory(self):
         """After keep_freed_blocks, 1 MiB bodies (received in 32 KiB
@@ -339,12 +364,13 @@ class Wire:
     """A fake connection: the web server's bytes to read, and each send
     the worker makes, kept apart."""
 
-    def __init__(self, data):
+    def __init__(self, data, fd=-1):
         self.data = data
         self.sends = []
+        self.fd = fd
 
     def fileno(self):
-        return -1
+        return self.fd
 
     def recv_into(self, buf, n=0, flags=0):
         if not self.data:
@@ -365,14 +391,35 @@ class Wire:
         pass
 
 
-def request(path, keep=True):
-    """A GET for path as nginx sends it, on a connection it keeps."""
-    pairs = b""
-    for name, value in ((b"REQUEST_METHOD", b"GET"), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"PATH_INFO", path)):
-        pairs += bytes((len(name), len(value))) + name + value
+def request(path, keep=True, body=()):
+    """A GET for path as nginx sends it, on a connection it keeps; a POST
+    if body holds the pieces of a body, sent as STDIN records."""
+    env = [(b"REQUEST_METHOD", b"GET"), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"PATH_INFO", path)]
+    if body:
+        env[0] = (b"REQUEST_METHOD", b"POST")
+        env.append((b"CONTENT_LENGTH", b"%d" % sum(map(len, body))))
+    pairs = b"".join(bytes((len(name), len(value))) + name + value for name, value in env)
+    stdin = b"".join(record(worker.FCGI_STDIN, 1, piece, -len(piece) & 7) for piece in body)
     return (record(worker.FCGI_BEGIN, 1, bytes((0, worker.FCGI_RESPONDER, int(keep), 0, 0, 0, 0, 0)))
             + record(worker.FCGI_PARAMS, 1, pairs, -len(pairs) & 7) + record(worker.FCGI_PARAMS, 1, b"")
-            + record(worker.FCGI_STDIN, 1, b""))
+            + stdin + record(worker.FCGI_STDIN, 1, b""))
+
+
+def stdout(data):
+    """The content of the STDOUT records in data, joined."""
+    out, pos = b"", 0
+    while pos < len(data):
+        _, kind, _, n, pad = worker.RECORD.unpack_from(data, pos)
+        if kind == worker.FCGI_STDOUT:
+            out += data[pos + 8:pos + 8 + n]
+        pos += 8 + n + pad
+    return out
+
+
+def echo(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
 
 
 END = worker.end_request(1)
@@ -387,7 +434,6 @@ class FastCGIServeTest(unittest.TestCase):
         srv = worker.FastCGIServer(app, None, ctl, {})
         wire = self.wire = Wire(request(path))
         conn = worker.Conn(wire)
-        conn.fill_nowait()
         with contextlib.redirect_stderr(io.StringIO()):  # the tracebacks of the apps that raise
             kept = srv.serve_conn(conn)
         return wire.sends, kept, parse(ctl.getvalue())
@@ -460,6 +506,172 @@ class FastCGIServeTest(unittest.TestCase):
         self.assertNotIn(END, b"".join(sends), "no END_REQUEST for a response cut short")
         self.assertFalse(kept, "closing is how the web server learns it")
 
+    def test_a_request_in_two_pieces_waits_for_the_second_without_the_app(self):
+        data = request(b"/", body=(b"hello", b" world"))
+        for cut in range(1, len(data)):
+            calls = []
+
+            def app(environ, start_response):
+                calls.append(1)
+                return echo(environ, start_response)
+            srv = worker.FastCGIServer(app, None, io.BytesIO(), {})
+            wire = Wire(data[:cut])
+            conn = worker.Conn(wire)
+            self.assertTrue(srv.serve_conn(conn), cut)
+            self.assertEqual((calls, wire.sends), ([], []), "cut at %d: nothing runs before the rest" % cut)
+            self.assertFalse(conn.movable(), "cut at %d: part of a request is held here" % cut)
+            wire.data = data[cut:]
+            self.assertTrue(srv.serve_conn(conn), cut)
+            self.assertEqual(calls, [1], cut)
+            self.assertEqual(len(wire.sends), 1, cut)
+            self.assertIn(b"\r\n\r\nhello world", wire.sends[0], cut)
+            self.assertTrue(wire.sends[0].endswith(END), cut)
+            self.assertTrue(conn.movable(), "cut at %d: the request is done" % cut)
+
+    def test_an_abort_while_the_body_comes_drops_it(self):
+        data = request(b"/", body=(b"x" * 1000,))
+        stdin_end = record(worker.FCGI_STDIN, 1, b"")
+        srv = worker.FastCGIServer(echo, None, io.BytesIO(), {})
+        wire = Wire(data[:-len(stdin_end)])
+        conn = worker.Conn(wire)
+        self.assertTrue(srv.serve_conn(conn))
+        self.assertEqual(worker.Body.held, 1000)
+        wire.data = record(worker.FCGI_ABORT, 1, b"")
+        self.assertTrue(srv.serve_conn(conn))
+        self.assertEqual(wire.sends, [END], "END_REQUEST alone: the app never ran")
+        self.assertEqual(worker.Body.held, 0, "the body's memory is given back")
+        self.assertTrue(conn.movable())
+
+
+class Epoll:
+    """A fake epoll: the events each descriptor is watched for."""
+
+    def __init__(self):
+        self.watched = {}
+        self.gone = []
+
+    def register(self, fd, events):
+        self.watched[fd] = events
+
+    def modify(self, fd, events):
+        self.watched[fd] = events
+
+    def unregister(self, fd):
+        del self.watched[fd]
+        self.gone.append(fd)
+
+
+class FastCGIConnsTest(unittest.TestCase):
+    """The connections a worker keeps between its requests."""
+
+    def setUp(self):
+        self.ctl = io.BytesIO()
+        self.srv = worker.FastCGIServer(echo, None, self.ctl, {})
+        self.srv.ep = Epoll()
+
+    def tearDown(self):
+        held, collecting = worker.Body.held, dict(worker.Body.collecting)
+        worker.Body.held = 0
+        worker.Body.collecting.clear()
+        self.assertEqual((held, collecting), (0, {}), "every body gave its memory back")
+
+    def keep(self, conn, since):
+        self.srv.conns[conn.fd] = (conn, since)
+        self.srv.ep.register(conn.fd, worker.EPOLLIN)
+
+    def test_bodies_streamed_at_once_take_turns_in_memory(self):
+        size = worker.BODY_MEMORY * 3 // 4
+        pieces = [bytes([65 + i]) * 32768 for i in range(size // 32768)]
+        data = request(b"/", body=pieces)
+        wires = [Wire(data[:len(data) * 9 // 10], fd=10 + i) for i in range(2)]
+        conns = [worker.Conn(w) for w in wires]
+        for conn in conns:
+            self.srv.admit(conn)
+        self.assertLessEqual(worker.Body.held, worker.BODY_MEMORY)
+        first, second = conns
+        self.assertFalse(first.paused, "the oldest body grows")
+        self.assertTrue(second.paused, "the other waits for memory")
+        self.assertEqual(self.srv.ep.watched[second.fd], 0, "and its connection is not read meanwhile")
+        wires[1].data += data[len(data) * 9 // 10:]
+        wires[0].data = data[len(data) * 9 // 10:]
+        self.srv.turn(first)
+        self.assertEqual(len(wires[0].sends), 1, "the first request is served")
+        self.assertTrue(second.paused)
+        self.assertEqual(wires[1].sends, [], "the second waited for its turn")
+        self.srv.resume()
+        self.assertFalse(second.paused)
+        self.assertEqual(self.srv.ep.watched[second.fd], worker.EPOLLIN)
+        for wire in wires:
+            self.assertEqual(len(wire.sends), 1)
+            self.assertTrue(stdout(wire.sends[0]).endswith(b"\r\n\r\n" + b"".join(pieces)), "the body echoed whole")
+            self.assertTrue(wire.sends[0].endswith(END))
+
+    def test_a_stalled_body_goes_to_a_file_and_lets_the_others_on(self):
+        size = worker.BODY_MEMORY * 3 // 4
+        pieces = [b"s" * 32768] * (size // 32768)
+        data = request(b"/", body=pieces)
+        wires = [Wire(data[:len(data) * 9 // 10], fd=10 + i) for i in range(2)]
+        stalled, waiting = [worker.Conn(w) for w in wires]
+        self.srv.admit(stalled)
+        self.srv.admit(waiting)
+        self.assertTrue(waiting.paused)
+        grew = worker.Body.collecting[stalled.pending.body]
+        self.srv.unstall(grew + worker.BODY_STALL / 2)
+        self.assertIsNone(stalled.pending.body.file, "a short pause is no stall")
+        self.srv.unstall(grew + worker.BODY_STALL * 2)
+        self.assertIsNotNone(stalled.pending.body.file)
+        wires[1].data += data[len(data) * 9 // 10:]
+        self.srv.resume()
+        self.assertEqual(len(wires[1].sends), 1, "the waiting request went on and was served")
+        wires[0].data = data[len(data) * 9 // 10:]
+        self.srv.turn(stalled)
+        self.assertTrue(stdout(wires[0].sends[0]).endswith(b"\r\n\r\n" + b"".join(pieces)), "the body echoed whole")
+
+    def test_sweep_closes_idle_and_unfinished_connections_by_their_deadlines(self):
+        import socket
+        data = request(b"/", body=(b"hello",))
+        conns = {}
+        for name, since, part in (("idle, recent", 100, b""), ("idle, old", 100 - self.srv.IDLE_TIMEOUT - 1, b""),
+                                  ("unfinished, recent", 100, data[:20]),
+                                  ("unfinished, old", 100 - worker.Conn.TIMEOUT - 1, data[:20])):
+            ours, theirs = socket.socketpair()
+            self.addCleanup(theirs.close)
+            self.addCleanup(ours.close)
+            theirs.sendall(part)
+            conn = conns[name] = worker.Conn(ours)
+            self.assertTrue(self.srv.serve_conn(conn))
+            self.keep(conn, since)
+        self.srv.sweep(100)
+        self.assertEqual(sorted(self.srv.ep.gone), sorted([conns["idle, old"].fd, conns["unfinished, old"].fd]))
+        self.assertEqual({c for c, _ in self.srv.conns.values()}, {conns["idle, recent"], conns["unfinished, recent"]})
+        logged = b"".join(payload for kind, _, payload in parse(self.ctl.getvalue()) if kind == "L").decode()
+        self.assertIn("left a request unfinished for 60s", logged)
+
+    def test_leaving_serves_a_request_still_coming(self):
+        import socket
+        import threading
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        data = request(b"/", body=(b"last ", b"words"))
+        theirs.sendall(data[:60])
+        conn = worker.Conn(ours)
+        self.assertTrue(self.srv.serve_conn(conn))
+        self.keep(conn, 0)
+        rest = threading.Timer(0.05, theirs.sendall, (data[60:],))
+        rest.start()
+        self.srv.close_all()
+        rest.join()
+        theirs.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            chunk = theirs.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        self.assertIn(b"\r\n\r\nlast words", got)
+        self.assertTrue(got.endswith(END))
+        self.assertEqual(self.srv.ep.gone, [conn.fd])
+
 
 class Closing:
     """Iterates chunks; notes in events when closed."""
@@ -483,13 +695,22 @@ class ConnTest(unittest.TestCase):
         self.addCleanup(self.ours.close)
         self.addCleanup(self.server.close)
 
-    def test_fill_waits_then_gives_up_on_a_silent_server(self):
+    def test_fill_takes_what_came_and_never_waits(self):
         self.server.send(b"abc")
         self.conn.fill()
         self.assertEqual(self.conn.buffered(), 3)
         self.assertEqual(bytes(self.conn.view[self.conn.start:self.conn.end]), b"abc")
-        with self.assertRaisesRegex(worker.ConnClosed, "went silent"):
+        with self.assertRaises(worker.Incomplete):
             self.conn.fill()
+        self.assertEqual(self.conn.buffered(), 3, "what came is kept")
+
+    def record(self):
+        """The next record, waiting for it as the worker's epoll would."""
+        while True:
+            try:
+                return self.conn.record()
+            except worker.Incomplete:
+                self.conn.wait(1)
 
     def test_records_split_and_across_the_buffer_end(self):
         import threading
@@ -505,7 +726,7 @@ class ConnTest(unittest.TestCase):
         writer = threading.Thread(target=write)
         writer.start()
         for i, n in enumerate(sizes):
-            kind, rid, content = self.conn.record()
+            kind, rid, content = self.record()
             self.assertEqual((kind, rid, bytes(content)), (worker.FCGI_STDIN, i + 1, bytes([i]) * n))
         writer.join()
         self.assertEqual(self.conn.buffered(), 0)
