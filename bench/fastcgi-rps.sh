@@ -4,7 +4,8 @@
 # side in one run with rounds interleaved, so a noisy machine shifts all
 # targets alike:
 #   wsgibridge   wsgibridge fastcgi, nginx block as for uWSGI (stock fastcgi_params)
-#   wsgibridge+  the README's recommended block (keepalive upstream, fastcgi_keep_conn on)
+#   wsgibridge+  the README's recommended block (keepalive upstream, fastcgi_keep_conn on,
+#                fastcgi_request_buffering off)
 #   uwsgi        uwsgi --plugin python3 --fastcgi-socket --master --processes 2 --disable-logging
 # Load: wrk -t2 -c32 -d${SECONDS_PER_RUN:-10}s --latency after a 2 s warm-up.
 # Needs Debian's nginx, wrk, uwsgi and uwsgi-plugin-python3.
@@ -50,7 +51,7 @@ http {
     }
     server {
         listen 127.0.0.1:18082;
-        location / { include /etc/nginx/fastcgi_params; fastcgi_pass wb_keep; fastcgi_keep_conn on; }
+        location / { include /etc/nginx/fastcgi_params; fastcgi_pass wb_keep; fastcgi_keep_conn on; fastcgi_request_buffering off; }
     }
     server {
         listen 127.0.0.1:18083;

@@ -11,7 +11,8 @@ given as a ratio to uWSGI's FastCGI mode measured in the same round.
 Targets, per app:
   wsgibridge     wsgibridge fastcgi, the same nginx block as uwsgi-fcgi
   wsgibridge+    wsgibridge fastcgi, the README's recommended block
-                 (keepalive upstream, fastcgi_keep_conn on)
+                 (keepalive upstream, fastcgi_keep_conn on,
+                 fastcgi_request_buffering off)
   uwsgi-fcgi     uwsgi --plugin python3 --fastcgi-socket --master --processes 2
   uwsgi          uwsgi's native protocol (uwsgi_pass)
   gunicorn       gunicorn, 2 sync workers, via proxy_pass
@@ -180,7 +181,7 @@ http {
     uwsgi_temp_path %(d)s/tmp; scgi_temp_path %(d)s/tmp;
     upstream wb_keep { server unix:%(wb)s; keepalive 32; }
     server { listen 127.0.0.1:%(p0)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass unix:%(wb)s; } }
-    server { listen 127.0.0.1:%(p1)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass wb_keep; fastcgi_keep_conn on; } }
+    server { listen 127.0.0.1:%(p1)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass wb_keep; fastcgi_keep_conn on; fastcgi_request_buffering off; } }
     server { listen 127.0.0.1:%(p2)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass unix:%(uf)s; } }
     server { listen 127.0.0.1:%(p3)d; location / { include /etc/nginx/uwsgi_params; uwsgi_pass unix:%(un)s; } }
     server { listen 127.0.0.1:%(p4)d; location / { proxy_pass http://unix:%(gu)s; } }

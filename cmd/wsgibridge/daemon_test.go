@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -216,6 +218,37 @@ func TestNginxFastCGI(t *testing.T) {
 			require.NoError(t, err, url)
 			assert.Equal(t, 200, resp.StatusCode, url)
 			assert.Equal(t, sha256.Sum256(payload), sha256.Sum256([]byte(body)), url)
+		}
+	})
+	t.Run("a chunked upload streamed without CONTENT_LENGTH", func(t *testing.T) {
+		assert.Equal(t, "12", postChunked(t, n.base1+"/count"))
+	})
+	t.Run("slow uploads hold no worker", func(t *testing.T) {
+		const size = 200000
+		var slow []net.Conn
+		for i := 0; i < 3; i++ { // one more than the daemon's workers
+			c, err := net.Dial("tcp", strings.TrimPrefix(n.base1, "http://"))
+			require.NoError(t, err)
+			defer c.Close()
+			require.NoError(t, c.SetDeadline(time.Now().Add(60*time.Second)))
+			_, err = fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", size, strings.Repeat("a", size/2))
+			require.NoError(t, err)
+			slow = append(slow, c)
+		}
+		resp, err := (&http.Client{Timeout: 15 * time.Second}).Get(n.base1 + "/hello")
+		require.NoError(t, err, "a request goes through while the uploads stall")
+		resp.Body.Close()
+		assert.Equal(t, 200, resp.StatusCode)
+		for _, c := range slow {
+			_, err := c.Write([]byte(strings.Repeat("b", size/2)))
+			require.NoError(t, err)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			require.NoError(t, err)
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			require.NoError(t, err)
+			assert.Equal(t, 200, resp.StatusCode)
+			assert.Equal(t, strings.Repeat("a", size/2)+strings.Repeat("b", size/2), string(b))
 		}
 	})
 	t.Run("streamed response with fastcgi_buffering off", func(t *testing.T) {
