@@ -1105,13 +1105,12 @@ class FastCGIServer:
             # Events become objects before anything is closed, so a number
             # reused by an accept below cannot be mistaken for another.
             items = []
-            hung = set()
-            for fd, ev in events:
+            for fd, _ in events:
                 if fd == 3:
                     return self.close_all()
                 items.append(self.conns[fd][0] if fd in self.conns else fd)
-                if ev & hangup:
-                    hung.add(fd)
+            # Only a paused connection is watched for its hang-up alone.
+            hung = {fd for fd, ev in events if ev & hangup} if self.paused else ()
             ready = [x for x in items if type(x) is Conn and x.movable()]
             if len(ready) > 1 and board is not None and 1 in board[:64]:
                 # Another worker waits idle: it takes the other ready
