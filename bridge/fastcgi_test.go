@@ -29,6 +29,12 @@ type fcgiPool struct {
 
 func startFCGIPool(t testing.TB, workers int, callable string) *fcgiPool {
 	t.Helper()
+	return startFCGIPoolApp(t, workers, probeApp(t, callable))
+}
+
+// startFCGIPoolApp is startFCGIPool for any app.
+func startFCGIPoolApp(t testing.TB, workers int, app string) *fcgiPool {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "w.sock")
 	l, err := net.Listen("unix", sock)
 	require.NoError(t, err)
@@ -39,7 +45,7 @@ func startFCGIPool(t testing.TB, workers int, callable string) *fcgiPool {
 	l.Close()
 	log := &syncBuffer{}
 	pool, err := NewPool(PoolConfig{
-		Worker: Config{App: probeApp(t, callable), Logger: slog.New(slog.NewTextHandler(log, nil)),
+		Worker: Config{App: app, Logger: slog.New(slog.NewTextHandler(log, nil)),
 			FastCGI: &FastCGIConfig{Listener: f, Workers: workers}},
 		Workers: workers,
 	})
@@ -369,4 +375,15 @@ func TestFastCGIWorkerCapturedTraffic(t *testing.T) {
 			assert.Len(t, body, tt.body)
 		})
 	}
+}
+
+// TestFastCGIWorkerStartsLight: serving FastCGI, the worker imports no
+// module the app does not (the socket module alone, through enum,
+// selectors and collections, is a MiB in every worker).
+func TestFastCGIWorkerStartsLight(t *testing.T) {
+	p := startFCGIPoolApp(t, 1, lightApp(t))
+	r := reply(t, p.exchange(t, hello(1, false)))
+	require.Equal(t, []end{{1, 0}}, r.ends)
+	_, out, _ := strings.Cut(r.stdout[1], "\r\n\r\n")
+	assertLight(t, strings.Split(out, "\n"), "socket", "enum", "selectors", "collections", "traceback", "importlib.util")
 }

@@ -1071,8 +1071,8 @@ class FastCGIServer:
             self.slot = int(opts["slot"])
 
     def serve(self):
+        import _socket
         import select
-        import socket
         import time
         ep = select.epoll()
         lfd = self.listener.fileno()
@@ -1082,13 +1082,12 @@ class FastCGIServer:
         ep.register(3, select.EPOLLIN)
         lobby = None
         if self.board is not None:
-            lobby = socket.socket(fileno=7)
+            lobby = _socket.socket(fileno=7)
             ep.register(7, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            self.lobby_out = socket.socket(fileno=6)
-        self.ep, self.socket = ep, socket
+            self.lobby_out = _socket.socket(fileno=6)
+        self.ep, self.socket = ep, _socket
         clock = time.monotonic
         board, slot = self.board, self.slot
-        import _socket
         accept, new_socket = self.listener._accept, _socket.socket
         family, stype = self.listener.family, self.listener.type
         hangup = select.EPOLLHUP | select.EPOLLERR
@@ -1150,7 +1149,7 @@ class FastCGIServer:
                 elif item == 7:
                     fd = self.receive_conn(lobby)
                     if fd is not None:
-                        self.admit(Conn(socket.socket(fileno=fd)))
+                        self.admit(Conn(new_socket(fileno=fd)))
             if self.max_requests and self.served >= self.max_requests:
                 self.ctl.write(HEADER.pack(FINISHED, EXITING, 0, 0))
                 self.ctl.flush()
@@ -1228,7 +1227,8 @@ class FastCGIServer:
     def pass_conn(self, conn):
         """Gives conn to another worker through the lobby; False if it cannot."""
         try:
-            self.socket.send_fds(self.lobby_out, [b"c"], [conn.fd])
+            self.lobby_out.sendmsg([b"c"], [(self.socket.SOL_SOCKET, self.socket.SCM_RIGHTS,
+                                             conn.fd.to_bytes(4, sys.byteorder))])
         except OSError:
             return False
         conn.passed = True
@@ -1685,9 +1685,11 @@ def main(argv):
     out.write(HEADER.pack(READY, 0, 0, len(data)) + data)
     out.flush()
     if opts is not None:
-        import socket
+        # _socket, not socket: socket imports enum, selectors and collections,
+        # a MiB in every worker of an app that needs none of them.
+        import _socket
         os.set_inheritable(5, False)
-        listener = socket.socket(fileno=5)
+        listener = _socket.socket(fileno=5)
         listener.setblocking(False)
         server = FastCGIServer(app, listener, out, opts)
         _signal.signal(_signal.SIGALRM, server.on_alarm)

@@ -627,24 +627,36 @@ func TestAppFiles(t *testing.T) {
 // time): on the way to serving a request the worker imports no module that
 // costs milliseconds (the signal module alone, via enum, costs 4 ms).
 func TestWorkerStartsLight(t *testing.T) {
-	dir := t.TempDir()
-	app := "import sys\ndef application(e, s):\n    s('200 OK', [])\n    return ['\\n'.join(sorted(sys.modules)).encode()]\n"
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "light.py"), []byte(app), 0o644))
-	w, err := Start(Config{App: "light", Dir: dir, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	w, err := Start(Config{App: lightApp(t), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(t, err)
 	defer w.Close(time.Second)
 	rec := &recorder{}
 	_, err = w.Serve(context.Background(), &Request{Env: env("/")}, rec)
 	require.NoError(t, err)
-	modules := strings.Split(rec.body.String(), "\n")
-	// What the interpreter loads by itself (site hooks may load plenty)
-	// is not the worker's doing.
+	assertLight(t, strings.Split(rec.body.String(), "\n"), "enum", "signal", "re", "traceback", "importlib.util")
+}
+
+// lightApp is an app that imports nothing and answers with the names of
+// the modules loaded.
+func lightApp(t testing.TB) string {
+	dir := t.TempDir()
+	app := "import sys\ndef application(e, s):\n    s('200 OK', [])\n    return ['\\n'.join(sorted(sys.modules)).encode()]\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "light.py"), []byte(app), 0o644))
+	return filepath.Join(dir, "light.py")
+}
+
+// assertLight checks that none of the heavy modules was loaded, unless
+// the interpreter loads it by itself (site hooks may load plenty; that is
+// not the worker's doing).
+func assertLight(t *testing.T, modules []string, heavy ...string) {
+	t.Helper()
 	out, err := exec.Command("python3", "-c", "import sys; print('\\n'.join(sys.modules))").Output()
 	require.NoError(t, err)
 	baseline := strings.Split(strings.TrimSpace(string(out)), "\n")
-	for _, heavy := range []string{"enum", "signal", "re", "traceback", "importlib.util"} {
-		if !slices.Contains(baseline, heavy) {
-			assert.NotContains(t, modules, heavy)
+	require.Contains(t, modules, "sys", "the app listed the modules loaded")
+	for _, name := range heavy {
+		if !slices.Contains(baseline, name) {
+			assert.NotContains(t, modules, name)
 		}
 	}
 }

@@ -672,6 +672,33 @@ class FastCGIConnsTest(unittest.TestCase):
         self.assertTrue(got.endswith(END))
         self.assertEqual(self.srv.ep.gone, [conn.fd])
 
+    def test_a_kept_connection_passes_to_a_peer_through_the_lobby(self):
+        import _socket
+        import socket
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        lobby_out, lobby = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(lobby_out.close)
+        self.addCleanup(lobby.close)
+        self.srv.socket, self.srv.lobby_out = _socket, lobby_out
+        conn = worker.Conn(ours)
+        self.keep(conn, 0)
+        self.assertTrue(self.srv.pass_conn(conn))
+        self.assertEqual(self.srv.ep.gone, [conn.fd], "the connection left this worker")
+        self.assertEqual(self.srv.conns, {})
+        peer = worker.FastCGIServer(echo, None, io.BytesIO(), {})
+        peer.socket = _socket
+        fd = peer.receive_conn(lobby)
+        self.assertIsNotNone(fd)
+        self.assertIsNone(peer.receive_conn(lobby), "one connection was passed, once")
+        passed = worker.Conn(_socket.socket(fileno=fd))
+        self.addCleanup(passed.close)
+        theirs.sendall(request(b"/", body=(b"still here",)))
+        self.assertTrue(peer.serve_conn(passed))
+        got = theirs.recv(65536)
+        self.assertIn(b"\r\n\r\nstill here", got)
+        self.assertTrue(got.endswith(END))
+
 
 class Closing:
     """Iterates chunks; notes in events when closed."""
