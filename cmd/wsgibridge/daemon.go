@@ -80,6 +80,9 @@ func (d *daemonFlags) serve(log *slog.Logger, l net.Listener, front func(*gatewa
 	}
 	g := newGateway(pool, d, log)
 	serveErr, shutdown := front(g)
+	if err := releaseExecutable(); err != nil {
+		log.Debug("the memory of starting up is kept", "err", err)
+	}
 	return d.run(log, pool, g, serveErr, shutdown)
 }
 
