@@ -199,6 +199,9 @@ func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, g *gateway, serve
 						return
 					}
 					log.Info("reloaded", "pids", pool.Stats().Pids)
+					if err := releaseExecutable(); err != nil {
+						log.Debug("the memory of reloading is kept", "err", err)
+					}
 				}()
 				continue
 			}

@@ -22,8 +22,10 @@ const madvPageout = 21
 // MADV_PAGEOUT, not MADV_DONTNEED: after DONTNEED the pages stay in the
 // page cache, and each page touched again brings its cached neighbours
 // with it (the kernel maps up to 64 KiB around a fault), so the daemon's
-// supervision alone mapped 4 of the 5 MiB back in. Pages another process
-// maps too (a "wsgibridge cgi" running) are left where they are.
+// supervision alone mapped 4 of the 5 MiB back in. MADV_RANDOM first, so
+// that a page touched again is read alone, without the readahead around
+// it. Pages another process maps too (a "wsgibridge cgi" running) are
+// left where they are.
 func releaseExecutable() error {
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
@@ -49,7 +51,10 @@ func releaseExecutable() error {
 			_, _, errno := syscall.Syscall(syscall.SYS_MADVISE, uintptr(start), uintptr(end-start), advice)
 			return errno
 		}
-		errno := madvise(madvPageout)
+		errno := madvise(syscall.MADV_RANDOM)
+		if errno == 0 {
+			errno = madvise(madvPageout)
+		}
 		if errno == syscall.EINVAL {
 			errno = madvise(syscall.MADV_DONTNEED) // a kernel before 5.4
 		}
