@@ -1058,6 +1058,7 @@ class FastCGIServer:
         self.paused = []  # connections whose body waits for memory
         self.taken = Body.taken
         self.draining = False
+        self.next_sweep = 0.0
         self.board = self.slot = self.current = self.current_resp = None
         self.alarm_armed = self.stalled = self.watching = False
         self.started = 0.0
@@ -1159,7 +1160,12 @@ class FastCGIServer:
                 if Body.taken != self.taken:
                     self.resume()
             if self.conns:
-                self.sweep(clock())
+                now = clock()
+                # The deadlines are a minute long: a look each second is
+                # enough, not a walk over every kept connection per wake-up.
+                if now >= self.next_sweep:
+                    self.next_sweep = now + 1.0
+                    self.sweep(now)
 
     def admit(self, conn):
         """Serves a new connection now if its request is there: one may
