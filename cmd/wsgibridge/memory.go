@@ -47,20 +47,21 @@ func releaseExecutable() error {
 		if err1 != nil || err2 != nil || end <= start {
 			return fmt.Errorf("release executable pages: unreadable mapping %q", line)
 		}
-		madvise := func(advice uintptr) syscall.Errno {
-			_, _, errno := syscall.Syscall(syscall.SYS_MADVISE, uintptr(start), uintptr(end-start), advice)
-			return errno
-		}
-		errno := madvise(syscall.MADV_RANDOM)
+		errno := madvise(start, end, syscall.MADV_RANDOM)
 		if errno == 0 {
-			errno = madvise(madvPageout)
+			errno = madvise(start, end, madvPageout)
 		}
 		if errno == syscall.EINVAL {
-			errno = madvise(syscall.MADV_DONTNEED) // a kernel before 5.4
+			errno = madvise(start, end, syscall.MADV_DONTNEED) // a kernel before 5.4
 		}
 		if errno != 0 {
 			return fmt.Errorf("release executable pages: madvise %s: %w", f[0], errno)
 		}
 	}
 	return nil
+}
+
+func madvise(start, end uint64, advice uintptr) syscall.Errno {
+	_, _, errno := syscall.Syscall(syscall.SYS_MADVISE, uintptr(start), uintptr(end-start), advice)
+	return errno
 }
