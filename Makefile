@@ -2,9 +2,11 @@
 
 GO ?= go
 BIN := bin/wsgibridge
+FASTPATH := bridge/fastpath/fastpath.so
+PYTHON ?= python3
 # What the tests need from Debian (the end-to-end tests use real servers),
 # and what the benchmarks need besides.
-DEBIAN_PACKAGES := apache2 nginx python3 python3-flask python3-django libfcgi-bin
+DEBIAN_PACKAGES := apache2 nginx python3 python3-flask python3-django libfcgi-bin gcc libc6-dev python3-dev
 BENCH_PACKAGES := wrk hyperfine uwsgi uwsgi-plugin-python3 gunicorn
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A count, not a duration: with go1.26 a duration-based -fuzztime can end in a
@@ -15,8 +17,21 @@ FUZZTIME ?= 100000x
 
 # Static (no cgo): a dynamically linked binary spends about 1 ms more in
 # the loader and libc on every start, which a CGI request pays each time.
-build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/wsgibridge
+# The FastCGI workers' C fast path goes in it (build tag fastpath).
+build: $(FASTPATH)
+	CGO_ENABLED=0 $(GO) build -tags fastpath -o $(BIN) ./cmd/wsgibridge
+
+# The C fast path, for Python's stable ABI: one build loads into any
+# CPython >= 3.9. Python's headers come from python3-dev.
+$(FASTPATH): bridge/fastpath/fastpath.c
+	@include=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null); \
+	if ! command -v $(CC) >/dev/null || [ ! -f "$$include/Python.h" ]; then \
+		echo "$@ needs a C compiler and Python's headers: apt-get install gcc python3-dev" \
+			"(or go build ./cmd/wsgibridge for a binary whose workers read requests in Python)"; \
+		exit 1; \
+	fi; \
+	echo "$(CC) $< -> $@"; \
+	$(CC) -O2 -Wall -shared -fPIC -fvisibility=hidden -s -I"$$include" -o $@ $<
 
 # Installs the Debian packages the tests and the demo need, when missing.
 deps:
@@ -33,8 +48,8 @@ install-packages:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-test: deps
-	$(GO) vet ./...
+test: deps $(FASTPATH)
+	$(GO) vet -tags fastpath ./...
 	@bad=$$(gofmt -l .); if [ -n "$$bad" ]; then echo "gofmt would change: $$bad"; exit 1; fi
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
@@ -58,4 +73,4 @@ demo: deps build
 	$(BIN) http --bind 127.0.0.1:$(PORT) --chdir testdata/apps --python /usr/bin/python3 --access-log demo
 
 clean:
-	rm -rf bin
+	rm -rf bin $(FASTPATH)

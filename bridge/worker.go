@@ -130,7 +130,7 @@ func (cfg *FastCGIConfig) args() []string {
 		}
 		a = append(a, "allow="+strings.Join(allowed, ","))
 	}
-	return append(a, "--")
+	return a
 }
 
 // ResponseWriter is where a response goes. Both the CGI and the FastCGI
@@ -248,6 +248,11 @@ func Start(cfg Config) (*Worker, error) {
 		if cfg.FastCGI.Board != nil {
 			files = append(files, cfg.FastCGI.Lobby[0], cfg.FastCGI.Lobby[1], cfg.FastCGI.Board)
 		}
+		if fast, err := fastPathFile(); err == nil {
+			files = append(files, fast)
+			args = append(args, "fastpath="+strconv.Itoa(2+len(files)))
+		}
+		args = append(args, "--")
 	}
 	args = append(append(args, cfg.App), cfg.PythonPath...)
 	cmd := exec.Command(path, args...)

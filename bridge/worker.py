@@ -899,12 +899,12 @@ def valid_name(name):
 dropped_names = {}
 
 
-def make_environ(params, mount):
+def make_environ(params, mount, checked=False):
     """The PEP 3333 environ for a request's CGI params, by the same rules as
     the Go side's (bridge/request.go): returns (environ, content length or
     -1, whether a body without a length runs to its end). params becomes
-    the environ."""
-    if "\0" in "".join(params) or "\0" in "".join(params.values()):
+    the environ; checked: they are known to hold no NUL byte."""
+    if not checked and ("\0" in "".join(params) or "\0" in "".join(params.values())):
         raise Refused(400, "NUL byte in a variable")
     names = tuple(params)
     drop = dropped_names.get(names)
@@ -1070,6 +1070,9 @@ class FastCGIServer:
             import mmap
             self.board = mmap.mmap(8, 4096)
             self.slot = int(opts["slot"])
+        self.fast = None
+        if "fastpath" in opts:
+            self.fast = load_fastpath(int(opts["fastpath"]), self.log)
 
     def serve(self):
         import _socket
@@ -1382,12 +1385,14 @@ class FastCGIServer:
         still coming waits in it)."""
         try:
             req = conn.pending
+            ended = False
             if req is None:
-                pairs = self.read_params(conn)
-                if pairs is None:
+                got = self.read_params(conn)
+                if got is None:
                     return False
-                req = conn.pending = self.prepare(pairs)
-            done = self.read_stdin(conn, req.body)
+                pairs, checked, ended = got
+                req = conn.pending = self.prepare(pairs, checked)
+            done = ended or self.read_stdin(conn, req.body)
             rid, conn.rid, conn.pending = conn.rid, 0, None
             if done:
                 self.run(conn, rid, req)
@@ -1421,14 +1426,22 @@ class FastCGIServer:
 
     def read_params(self, conn):
         """Reads records up to the end of a request's params; returns the
-        params, or None when the web server closed the connection between
-        requests."""
+        params, whether they are known to hold no NUL byte, and whether the
+        request's STDIN has ended with them; or None when the web server
+        closed the connection between requests."""
+        fast = self.fast
         while True:
             if not conn.rid and not conn.buffered():
                 try:
                     conn.fill()
                 except ConnClosed:
                     return None
+            if fast is not None and not conn.rid:
+                got = fast(conn.mem, conn.start, conn.end, MAX_PARAMS_BYTES, MAX_PARAMS)
+                if got is not None:
+                    conn.start, conn.rid, conn.keep, pairs, ended, nul = got
+                    return pairs, not nul, ended
+                fast = None  # the rest of this request is read here
             kind, r, content = conn.record()
             if r == 0:
                 self.management(conn, kind, content)
@@ -1452,7 +1465,7 @@ class FastCGIServer:
                     pairs = {}
                     decode_pairs(b"".join(conn.params), pairs, MAX_PARAMS)
                     conn.params, conn.params_size = [], 0
-                    return pairs
+                    return pairs, False, False
                 conn.params_size += len(content)
                 if conn.params_size > MAX_PARAMS_BYTES:
                     raise ConnClosed("params over %d bytes" % MAX_PARAMS_BYTES)
@@ -1500,14 +1513,15 @@ class FastCGIServer:
         else:
             conn.send(RECORD.pack(1, FCGI_UNKNOWN_TYPE, 0, 8, 0) + bytes((kind,)) + bytes(7))
 
-    def prepare(self, pairs):
-        """The Pending request for params that have come whole."""
+    def prepare(self, pairs, checked):
+        """The Pending request for params that have come whole (checked: see
+        make_environ)."""
         req = Pending()
         req.head = pairs.get("REQUEST_METHOD") == "HEAD"
         if self.access_log:
             req.line = (pairs.get("REQUEST_METHOD", ""), pairs.get("REQUEST_URI", ""), self.clock())
         try:
-            req.environ, length, req.to_eof = make_environ(pairs, self.mount)
+            req.environ, length, req.to_eof = make_environ(pairs, self.mount, checked)
         except Refused as exc:
             self.log(LOG_WARN, "request refused: %s" % exc)
             req.refused = exc.status
@@ -1572,6 +1586,30 @@ class FastCGIServer:
             self.ctl.write(HEADER.pack(FINISHED, EXITING, 0, 0))
             self.ctl.flush()
             raise SystemExit(0)
+
+
+def load_fastpath(fd, log):
+    """Loads the C fast path (bridge/fastpath/fastpath.c), which the bridge passes
+    as a shared object on fd, and returns its request function; None,
+    logged, when this Python cannot load it (a debug or free-threaded
+    build cannot load the stable ABI): the worker reads requests in
+    Python then, which is slower but the same."""
+    import _imp
+
+    class Spec:  # what _imp reads of a ModuleSpec; importlib costs 1 MiB
+        name = "_fastpath"
+        origin = "/proc/self/fd/%d" % fd
+
+    try:
+        module = _imp.create_dynamic(Spec)
+        _imp.exec_dynamic(module)
+        return module.request
+    except Exception as exc:
+        log(LOG_WARN, "the C fast path did not load (%s: %s); requests are read in Python, "
+            "which costs more CPU" % (type(exc).__name__, exc))
+        return None
+    finally:
+        os.close(fd)
 
 
 def load_app(spec):
@@ -1665,6 +1703,8 @@ def main(argv):
         sys.path.insert(0, d)
     os.set_inheritable(3, False)
     os.set_inheritable(4, False)
+    if opts is not None and "fastpath" in opts:
+        os.set_inheritable(int(opts["fastpath"]), False)
     _signal.signal(_signal.SIGUSR1, on_stop)
     rin = open(3, "rb", buffering=256 * 1024)
     out = open(4, "wb", buffering=256 * 1024)

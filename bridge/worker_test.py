@@ -13,6 +13,21 @@ worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(worker)
 
 
+def load_fastpath():
+    """The C fast path when the Go test passes its shared object
+    (WSGIBRIDGE_FASTPATH, a path), else None."""
+    path = os.environ.get("WSGIBRIDGE_FASTPATH")
+    if not path:
+        return None
+
+    def fail(level, message):
+        raise AssertionError(message)
+    return worker.load_fastpath(os.open(path, os.O_RDONLY), fail)
+
+
+FAST = load_fastpath()
+
+
 def frames(*items, rid=1):
     out = b""
     for kind, payload in items:
@@ -425,13 +440,25 @@ def echo(environ, start_response):
 END = worker.end_request(1)
 
 
-class FastCGIServeTest(unittest.TestCase):
+class Servers:
+    """Makes the FastCGIServer of a test; with fast, one that reads
+    requests with the C fast path."""
+
+    fast = False
+
+    def server(self, app, ctl=None):
+        srv = worker.FastCGIServer(app, None, io.BytesIO() if ctl is None else ctl, {})
+        srv.fast = FAST if self.fast else None
+        return srv
+
+
+class FastCGIServeTest(Servers, unittest.TestCase):
     """One request through FastCGIServer.serve_conn: what goes out, in
     which writes, and whether the connection is kept."""
 
     def serve(self, app, path=b"/"):
         ctl = io.BytesIO()
-        srv = worker.FastCGIServer(app, None, ctl, {})
+        srv = self.server(app, ctl)
         wire = self.wire = Wire(request(path))
         conn = worker.Conn(wire)
         with contextlib.redirect_stderr(io.StringIO()):  # the tracebacks of the apps that raise
@@ -514,7 +541,7 @@ class FastCGIServeTest(unittest.TestCase):
             def app(environ, start_response):
                 calls.append(1)
                 return echo(environ, start_response)
-            srv = worker.FastCGIServer(app, None, io.BytesIO(), {})
+            srv = self.server(app)
             wire = Wire(data[:cut])
             conn = worker.Conn(wire)
             self.assertTrue(srv.serve_conn(conn), cut)
@@ -531,7 +558,7 @@ class FastCGIServeTest(unittest.TestCase):
     def test_an_abort_while_the_body_comes_drops_it(self):
         data = request(b"/", body=(b"x" * 1000,))
         stdin_end = record(worker.FCGI_STDIN, 1, b"")
-        srv = worker.FastCGIServer(echo, None, io.BytesIO(), {})
+        srv = self.server(echo)
         wire = Wire(data[:-len(stdin_end)])
         conn = worker.Conn(wire)
         self.assertTrue(srv.serve_conn(conn))
@@ -561,12 +588,12 @@ class Epoll:
         self.gone.append(fd)
 
 
-class FastCGIConnsTest(unittest.TestCase):
+class FastCGIConnsTest(Servers, unittest.TestCase):
     """The connections a worker keeps between its requests."""
 
     def setUp(self):
         self.ctl = io.BytesIO()
-        self.srv = worker.FastCGIServer(echo, None, self.ctl, {})
+        self.srv = self.server(echo, self.ctl)
         self.srv.ep = Epoll()
 
     def tearDown(self):
@@ -686,7 +713,7 @@ class FastCGIConnsTest(unittest.TestCase):
         self.assertTrue(self.srv.pass_conn(conn))
         self.assertEqual(self.srv.ep.gone, [conn.fd], "the connection left this worker")
         self.assertEqual(self.srv.conns, {})
-        peer = worker.FastCGIServer(echo, None, io.BytesIO(), {})
+        peer = self.server(echo)
         peer.socket = _socket
         fd = peer.receive_conn(lobby)
         self.assertIsNotNone(fd)
@@ -698,6 +725,140 @@ class FastCGIConnsTest(unittest.TestCase):
         got = theirs.recv(65536)
         self.assertIn(b"\r\n\r\nstill here", got)
         self.assertTrue(got.endswith(END))
+
+
+@unittest.skipIf(FAST is None, "no WSGIBRIDGE_FASTPATH")
+class FastCGIServeFastPathTest(FastCGIServeTest):
+    fast = True
+
+
+@unittest.skipIf(FAST is None, "no WSGIBRIDGE_FASTPATH")
+class FastCGIConnsFastPathTest(FastCGIConnsTest):
+    fast = True
+
+
+def pairs_of(items):
+    """Params content for (name, value) bytes pairs, with 4-byte lengths
+    where they are long."""
+    out = b""
+    for item in items:
+        for part in item:
+            out += bytes((len(part),)) if len(part) < 128 else (len(part) | 1 << 31).to_bytes(4, "big")
+        out += b"".join(item)
+    return out
+
+
+def begin(rid, keep=True, role=worker.FCGI_RESPONDER):
+    return record(worker.FCGI_BEGIN, rid, bytes((0, role, int(keep), 0, 0, 0, 0, 0)))
+
+
+@unittest.skipIf(FAST is None, "no WSGIBRIDGE_FASTPATH")
+class FastPathTest(unittest.TestCase):
+    """The C fast path reads what read_params reads, or declines (None)."""
+
+    PAIRS = pairs_of([(b"REQUEST_METHOD", b"GET"), (b"HTTP_COOKIE", b"c" * 300), (b"E", b"")])
+
+    def generic(self, data):
+        """read_params on data, and the record after it: (rid, keep, pairs,
+        STDIN's end or not, where the unread bytes begin)."""
+        srv = worker.FastCGIServer(echo, None, io.BytesIO(), {})
+        conn = worker.Conn(Wire(data))
+        pairs, checked, ended = srv.read_params(conn)
+        self.assertEqual((checked, ended), (False, False))
+        start = conn.start
+        try:
+            if conn.record() != (worker.FCGI_STDIN, conn.rid, b""):
+                conn.start = start
+        except (worker.Incomplete, worker.ConnClosed):
+            conn.start = start
+        return conn.rid, conn.keep, pairs, conn.start
+
+    def fast(self, data):
+        """The fast path on data placed inside other bytes, which it must not read."""
+        buf = bytearray(b"\1" * 24 + data + b"\1" * 24)
+        got = FAST(buf, 24, 24 + len(data), worker.MAX_PARAMS_BYTES, worker.MAX_PARAMS)
+        if got is None:
+            return None
+        end, rid, keep, pairs, ended, nul = got
+        self.assertEqual(nul, any("\0" in x for x in (*pairs, *pairs.values())))
+        return rid, keep, pairs, end - 24
+
+    def same(self, data):
+        """Asserts the fast path read data as read_params does; returns
+        whether it read it at all."""
+        fast = self.fast(data)
+        if fast is not None:
+            self.assertEqual(fast, self.generic(data), data)
+        return fast is not None
+
+    def test_reads_the_usual_requests(self):
+        params = record(worker.FCGI_PARAMS, 3, self.PAIRS, -len(self.PAIRS) & 7)
+        end = record(worker.FCGI_PARAMS, 3, b"")
+        stdin_end = record(worker.FCGI_STDIN, 3, b"")
+        half = len(self.PAIRS) // 2
+        split = (record(worker.FCGI_PARAMS, 3, self.PAIRS[:half], 3)
+                 + record(worker.FCGI_PARAMS, 3, self.PAIRS[half:]))
+        for name, data in [
+            ("GET", begin(3) + params + end + stdin_end),
+            ("not kept", begin(3, keep=False) + params + end + stdin_end),
+            ("a body follows", begin(3) + params + end + record(worker.FCGI_STDIN, 3, b"abc")),
+            ("STDIN not there yet", begin(3) + params + end),
+            ("pairs split across records", begin(3) + split + end + stdin_end),
+            ("no params", begin(3) + end + stdin_end),
+            ("the next request behind", begin(3) + params + end + stdin_end + begin(4)),
+            ("a NUL in a value", begin(3) + record(worker.FCGI_PARAMS, 3, b"\1\2ab\0") + end),
+        ]:
+            with self.subTest(name):
+                self.assertTrue(self.same(data))
+        _, _, pairs, _ = self.fast(begin(3) + split + end)
+        self.assertEqual(pairs, {"REQUEST_METHOD": "GET", "HTTP_COOKIE": "c" * 300, "E": ""})
+
+    def test_declines_what_is_not_plain(self):
+        params = record(worker.FCGI_PARAMS, 3, self.PAIRS, -len(self.PAIRS) & 7)
+        end = record(worker.FCGI_PARAMS, 3, b"")
+        whole = begin(3) + params + end
+        for name, data in [
+            ("a management record first", record(worker.FCGI_GET_VALUES, 0, b"") + whole),
+            ("another role", begin(3, role=2) + params + end),
+            ("another request's record inside", begin(3) + record(worker.FCGI_PARAMS, 4, b"") + params + end),
+            ("an abort", begin(3) + params + record(worker.FCGI_ABORT, 3, b"")),
+            ("a DATA record", begin(3) + record(worker.FCGI_DATA, 3, b"x") + params + end),
+            ("version 2", whole[:8] + b"\2" + whole[9:]),
+            ("malformed pairs", begin(3) + record(worker.FCGI_PARAMS, 3, b"\5\1ab") + end),
+            ("request id 0", begin(0) + record(worker.FCGI_PARAMS, 0, b"")),
+            ("short BEGIN_REQUEST", record(worker.FCGI_BEGIN, 3, b"\0\1") + params + end),
+            ("too many pairs", begin(3) + record(worker.FCGI_PARAMS, 3, pairs_of(
+                (b"N%d" % i, b"") for i in range(worker.MAX_PARAMS + 1))) + end),
+        ] + [("cut at %d" % cut, whole[:cut]) for cut in range(len(whole))]:
+            with self.subTest(name):
+                self.assertIsNone(self.fast(data))
+
+    def test_over_the_size_limit_it_declines(self):
+        buf = bytearray(begin(3) + record(worker.FCGI_PARAMS, 3, self.PAIRS) + record(worker.FCGI_PARAMS, 3, b""))
+        self.assertIsNotNone(FAST(buf, 0, len(buf), len(self.PAIRS), 10))
+        self.assertIsNone(FAST(buf, 0, len(buf), len(self.PAIRS) - 1, 10))
+        self.assertIsNone(FAST(buf, 0, len(buf), len(self.PAIRS), 2))
+        self.assertIsNone(FAST(buf, 0, len(buf) + 1, 1000, 10), "end past the buffer")
+        self.assertIsNone(FAST(buf, 5, 4, 1000, 10), "start past end")
+
+    def test_mangled_requests_are_read_alike_or_declined(self):
+        import random
+        rng = random.Random(5)
+        params = record(worker.FCGI_PARAMS, 3, self.PAIRS)
+        seeds = [begin(3) + params + record(worker.FCGI_PARAMS, 3, b"") + record(worker.FCGI_STDIN, 3, b""),
+                 begin(1) + record(worker.FCGI_PARAMS, 1, pairs_of([(b"A", b"B")]))
+                 + record(worker.FCGI_PARAMS, 1, b"")]
+        read = 0
+        for _ in range(4000):
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 3)):
+                i = rng.randrange(len(data))
+                data[i] = rng.choice((0, 1, 3, 4, 5, 127, 128, 255, rng.randrange(256)))
+            try:
+                read += self.same(bytes(data))
+            except (worker.ConnClosed, worker.Incomplete):
+                self.fail("the fast path read what read_params refuses: %r" % bytes(data))
+        self.assertGreater(read, 100, "some mangled requests are still plain")
 
 
 class Closing:

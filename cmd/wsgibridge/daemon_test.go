@@ -172,12 +172,23 @@ func TestNginxFastCGI(t *testing.T) {
 	flaskSock := filepath.Join(dir, "flask.sock")
 	djangoAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	stockAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startDaemon(t, "fastcgi", "--bind", "unix:"+probeSock, "--chdir", apps, "--python", python, "probe:validated")
-	startDaemon(t, "fastcgi", "--bind", "unix:"+flaskSock, "--mount", "/flask", "--chdir", apps, "--python", python, "flaskapp:validated")
-	startDaemon(t, "fastcgi", "--bind", djangoAddr, "--mount", "/django", "--chdir", apps, "--python", python, "djangoapp:validated")
-	startDaemon(t, "fastcgi", "--bind", stockAddr, "--mount", "/stock", "--chdir", apps, "--python", python, "probe:application")
+	daemons := []*daemon{
+		startDaemon(t, "fastcgi", "--bind", "unix:"+probeSock, "--chdir", apps, "--python", python, "probe:validated"),
+		startDaemon(t, "fastcgi", "--bind", "unix:"+flaskSock, "--mount", "/flask", "--chdir", apps, "--python", python, "flaskapp:validated"),
+		startDaemon(t, "fastcgi", "--bind", djangoAddr, "--mount", "/django", "--chdir", apps, "--python", python, "djangoapp:validated"),
+		startDaemon(t, "fastcgi", "--bind", stockAddr, "--mount", "/stock", "--chdir", apps, "--python", python, "probe:application"),
+	}
 	n := startNginx(t, map[string]string{"PROBE": "unix:" + probeSock, "FLASK": "unix:" + flaskSock, "DJANGO": djangoAddr, "STOCK": stockAddr})
 
+	t.Run("the workers read requests with the C fast path", func(t *testing.T) {
+		if !fastPathBuilt {
+			t.Skip("the binary was built without it")
+		}
+		for _, d := range daemons {
+			assert.NotContains(t, d.log.String(), "read requests in Python")
+			assert.NotContains(t, d.log.String(), "fast path did not load")
+		}
+	})
 	t.Run("hello, recommended block over a unix socket", func(t *testing.T) {
 		status, body := get(t, n.base1+"/hello")
 		assert.Equal(t, 200, status)

@@ -71,6 +71,9 @@ func runFastCGI(args []string, stderr io.Writer) int {
 		AllowedAddrs: allowed, AccessLog: d.accessLog}
 	return d.serve(log, l, func(g *gateway) (<-chan error, func(context.Context) error) {
 		log.Info("serving FastCGI", "listen", l.Addr().String(), "app", d.s.app, "workers", g.pool.Stats().Pids)
+		if err := bridge.FastPath(); err != nil {
+			log.Warn("workers read requests in Python, which costs more CPU per request", "err", err)
+		}
 		return nil, func(context.Context) error { return nil }
 	})
 }

@@ -1,0 +1,7 @@
+//go:build !amd64
+
+package bridge
+
+import "syscall"
+
+const sysMemfdCreate = syscall.SYS_MEMFD_CREATE
