@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -40,6 +41,13 @@ var fastPathFile = sync.OnceValues(func() (*os.File, error) {
 	return f, nil
 })
 
+// memfdCreate is memfd_create's number on each architecture: package
+// syscall's tables, frozen, lack it on most.
+var memfdCreate = map[string]uintptr{
+	"amd64": 319, "386": 356, "arm": 385, "arm64": 279, "loong64": 279, "riscv64": 279,
+	"ppc64": 360, "ppc64le": 360, "s390x": 350, "mips64": 5314, "mips64le": 5314,
+}
+
 // Linux's memfd_create flags and sealing commands (not in package syscall).
 const (
 	mfdCloexec      = 0x1
@@ -54,7 +62,11 @@ func memfd(name string, data []byte) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, _, errno := syscall.Syscall(sysMemfdCreate, uintptr(unsafe.Pointer(p)), mfdCloexec|mfdAllowSealing, 0)
+	nr, ok := memfdCreate[runtime.GOARCH]
+	if !ok {
+		return nil, fmt.Errorf("memfd_create: no system call number known for %s", runtime.GOARCH)
+	}
+	fd, _, errno := syscall.Syscall(nr, uintptr(unsafe.Pointer(p)), mfdCloexec|mfdAllowSealing, 0)
 	if errno != 0 {
 		return nil, fmt.Errorf("memfd_create: %w", errno)
 	}
