@@ -296,6 +296,9 @@ class Response:
     # pipe: the bridge would send the next request, and perhaps the signal
     # that stops it, while this one's close() still runs.
     finish_first = False
+    # The C fast path's header_block, which returns None where the Python
+    # must judge (see bridge/fastpath/fastpath.c).
+    fast_head = None
 
     def __init__(self, out, rid, omit_body):
         self.out = out
@@ -322,7 +325,8 @@ class Response:
                 exc_info = None
         elif self.block is not None:
             raise AppError("start_response() called a second time without exc_info")
-        self.block, self.length = header_block(status, headers)
+        got = self.fast_head(status, headers) if self.fast_head is not None else None
+        self.block, self.length = got or header_block(status, headers)
         code = self.block[8:11]
         if code[:1] == b"1" or code in (b"204", b"304"):
             self.omit_body = True
@@ -780,8 +784,9 @@ class FastCGIResponse(Response):
     # close() runs (Django's sends signals and closes database connections).
     finish_first = True
 
-    def __init__(self, conn, rid, omit_body, ctl):
+    def __init__(self, conn, rid, omit_body, ctl, fast_head):
         Response.__init__(self, None, rid, omit_body)
+        self.fast_head = fast_head
         self.conn = conn
         self.ctl = ctl
         self.pending = []
@@ -899,12 +904,12 @@ def valid_name(name):
 dropped_names = {}
 
 
-def make_environ(params, mount, checked=False):
+def make_environ(params, mount):
     """The PEP 3333 environ for a request's CGI params, by the same rules as
     the Go side's (bridge/request.go): returns (environ, content length or
     -1, whether a body without a length runs to its end). params becomes
-    the environ; checked: they are known to hold no NUL byte."""
-    if not checked and ("\0" in "".join(params) or "\0" in "".join(params.values())):
+    the environ. The C fast path makes the usual environ by the same rules."""
+    if "\0" in "".join(params) or "\0" in "".join(params.values()):
         raise Refused(400, "NUL byte in a variable")
     names = tuple(params)
     drop = dropped_names.get(names)
@@ -1070,9 +1075,21 @@ class FastCGIServer:
             import mmap
             self.board = mmap.mmap(8, 4096)
             self.slot = int(opts["slot"])
-        self.fast = None
+        self.fast = self.fast_head = self.fast_accept = None
         if "fastpath" in opts:
-            self.fast = load_fastpath(int(opts["fastpath"]), self.log)
+            self.use_fastpath(load_fastpath(int(opts["fastpath"]), self.log))
+
+    def use_fastpath(self, module):
+        """Accepts connections, reads the usual request and checks the usual
+        headers with the C fast path (module; None: all in Python)."""
+        self.fast = self.fast_head = self.fast_accept = None
+        if module is not None:
+            self.fast_accept = module.accept
+            try:
+                self.fast_mount = None if self.mount is None else self.mount.encode("latin-1")
+            except UnicodeEncodeError:
+                return  # the environ's str cannot hold it either: make_environ judges
+            self.fast, self.fast_head = module.request, module.head
 
     def serve(self):
         import _socket
@@ -1092,7 +1109,7 @@ class FastCGIServer:
         self.ep, self.socket = ep, _socket
         clock = time.monotonic
         board, slot = self.board, self.slot
-        accept, new_socket = self.listener._accept, _socket.socket
+        accept, new_socket = self.fast_accept or self.accept, _socket.socket
         family, stype = self.listener.family, self.listener.type
         hangup = select.EPOLLHUP | select.EPOLLERR
         while True:
@@ -1138,10 +1155,9 @@ class FastCGIServer:
                 if item == lfd:
                     # Accepts on while connections wait: under load a worker
                     # serves a run of them per wake-up, not one.
-                    for _ in range(ACCEPT_RUN):
-                        try:
-                            fd, _ = accept()
-                        except (BlockingIOError, InterruptedError):
+                    for run in range(ACCEPT_RUN):
+                        fd = accept(lfd, run)
+                        if fd is None:
                             break
                         sock = new_socket(family, stype, 0, fd)
                         if self.allowed is not None and not self.allowed_peer(sock):
@@ -1169,6 +1185,15 @@ class FastCGIServer:
                 if now >= self.next_sweep:
                     self.next_sweep = now + 1.0
                     self.sweep(now)
+
+    def accept(self, fd, probe):
+        """The next connection on the listener (fd), or None when none
+        waits. The fast path's accept does the same in C, without the
+        exception, and probes first (see bridge/fastpath/fastpath.c)."""
+        try:
+            return self.listener._accept()[0]
+        except (BlockingIOError, InterruptedError):
+            return None
 
     def admit(self, conn):
         """Serves a new connection now if its request is there: one may
@@ -1390,8 +1415,8 @@ class FastCGIServer:
                 got = self.read_params(conn)
                 if got is None:
                     return False
-                pairs, checked, ended = got
-                req = conn.pending = self.prepare(pairs, checked)
+                params, made, ended = got
+                req = conn.pending = self.prepare(params, made)
             done = ended or self.read_stdin(conn, req.body)
             rid, conn.rid, conn.pending = conn.rid, 0, None
             if done:
@@ -1426,9 +1451,10 @@ class FastCGIServer:
 
     def read_params(self, conn):
         """Reads records up to the end of a request's params; returns the
-        params, whether they are known to hold no NUL byte, and whether the
-        request's STDIN has ended with them; or None when the web server
-        closed the connection between requests."""
+        params, what make_environ makes of them when the fast path made it
+        already (else None), and whether the request's STDIN has ended with
+        them; or None when the web server closed the connection between
+        requests."""
         fast = self.fast
         while True:
             if not conn.rid and not conn.buffered():
@@ -1437,10 +1463,10 @@ class FastCGIServer:
                 except ConnClosed:
                     return None
             if fast is not None and not conn.rid:
-                got = fast(conn.mem, conn.start, conn.end, MAX_PARAMS_BYTES, MAX_PARAMS)
+                got = fast(conn.mem, conn.start, conn.end, MAX_PARAMS_BYTES, MAX_PARAMS, self.fast_mount)
                 if got is not None:
-                    conn.start, conn.rid, conn.keep, pairs, ended, nul = got
-                    return pairs, not nul, ended
+                    conn.start, conn.rid, conn.keep, ended, made = got
+                    return made[0], made, ended
                 fast = None  # the rest of this request is read here
             kind, r, content = conn.record()
             if r == 0:
@@ -1465,7 +1491,7 @@ class FastCGIServer:
                     pairs = {}
                     decode_pairs(b"".join(conn.params), pairs, MAX_PARAMS)
                     conn.params, conn.params_size = [], 0
-                    return pairs, False, False
+                    return pairs, None, False
                 conn.params_size += len(content)
                 if conn.params_size > MAX_PARAMS_BYTES:
                     raise ConnClosed("params over %d bytes" % MAX_PARAMS_BYTES)
@@ -1513,15 +1539,15 @@ class FastCGIServer:
         else:
             conn.send(RECORD.pack(1, FCGI_UNKNOWN_TYPE, 0, 8, 0) + bytes((kind,)) + bytes(7))
 
-    def prepare(self, pairs, checked):
-        """The Pending request for params that have come whole (checked: see
-        make_environ)."""
+    def prepare(self, pairs, made):
+        """The Pending request for params that have come whole; made: what
+        make_environ makes of them, when the fast path made it."""
         req = Pending()
         req.head = pairs.get("REQUEST_METHOD") == "HEAD"
         if self.access_log:
             req.line = (pairs.get("REQUEST_METHOD", ""), pairs.get("REQUEST_URI", ""), self.clock())
         try:
-            req.environ, length, req.to_eof = make_environ(pairs, self.mount, checked)
+            req.environ, length, req.to_eof = made or make_environ(pairs, self.mount)
         except Refused as exc:
             self.log(LOG_WARN, "request refused: %s" % exc)
             req.refused = exc.status
@@ -1538,7 +1564,7 @@ class FastCGIServer:
         self.served += 1
         if self.board is not None:
             SERVED.pack_into(self.board, 64 + 8 * self.slot, self.served)
-        resp = FastCGIResponse(conn, rid, req.head, self.ctl)
+        resp = FastCGIResponse(conn, rid, req.head, self.ctl, self.fast_head)
         try:
             if req.refused:
                 resp.refuse(req.refused)
@@ -1590,7 +1616,7 @@ class FastCGIServer:
 
 def load_fastpath(fd, log):
     """Loads the C fast path (bridge/fastpath/fastpath.c), which the bridge passes
-    as a shared object on fd, and returns its request function; None,
+    as a shared object on fd, and returns the module; None,
     logged, when this Python cannot load it (a debug or free-threaded
     build cannot load the stable ABI): the worker reads requests in
     Python then, which is slower but the same."""
@@ -1603,7 +1629,7 @@ def load_fastpath(fd, log):
     try:
         module = _imp.create_dynamic(Spec)
         _imp.exec_dynamic(module)
-        return module.request
+        return module
     except Exception as exc:
         log(LOG_WARN, "the C fast path did not load (%s: %s); requests are read in Python, "
             "which costs more CPU" % (type(exc).__name__, exc))
