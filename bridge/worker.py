@@ -299,15 +299,15 @@ class Response:
     # The C fast path's header_block, which returns None where the Python
     # must judge (see bridge/fastpath/fastpath.c).
     fast_head = None
+    # The state of a response not yet begun (defaults, as on Conn).
+    block = length = None
+    sent = 0
+    headers_sent = False
 
     def __init__(self, out, rid, omit_body):
         self.out = out
         self.rid = rid
         self.omit_body = omit_body
-        self.block = None
-        self.length = None
-        self.sent = 0
-        self.headers_sent = False
 
     def frame(self, kind, payload=b"", flags=0):
         self.out.write(HEADER.pack(kind, flags, self.rid, len(payload)))
@@ -570,21 +570,22 @@ class Conn:
     BUFFER = 80 * 1024  # holds the largest record, 8 + 65535 + 255 bytes
     free = []  # buffers (bytearray, memoryview) to borrow
 
+    # A new connection's state, until it changes: defaults here cost a new
+    # connection nothing, where setting each costs it (one per request
+    # with nginx's usual block).
+    mem = view = None
+    start = end = 0  # the unread bytes are mem[start:end]
+    keep = cut_short = passed = grown = False
+    paused = False  # its body waits for memory: not read meanwhile
+    last = 0
+    rid = 0  # the request begun, from BEGIN_REQUEST to its end
+    params = ()  # its PARAMS records so far
+    params_size = 0
+    pending = None  # its Pending, once the params are whole
+
     def __init__(self, sock):
         self.sock = sock
         self.fd = sock.fileno()
-        self.mem = self.view = None
-        self.start = self.end = 0  # the unread bytes are mem[start:end]
-        self.keep = False
-        self.cut_short = False
-        self.passed = False
-        self.grown = False
-        self.paused = False  # its body waits for memory: not read meanwhile
-        self.last = 0
-        self.rid = 0  # the request begun, from BEGIN_REQUEST to its end
-        self.params = []  # its PARAMS records so far
-        self.params_size = 0
-        self.pending = None  # its Pending, once the params are whole
 
     def buffered(self):
         return self.end - self.start
@@ -727,9 +728,19 @@ def end_request(rid, status=REQUEST_COMPLETE):
 PADDING = [bytes(n) for n in range(8)]
 
 
+# end_records by request id: web servers number the requests of a
+# connection 1, or a few more.
+ENDS = {}
+
+
 def end_records(rid):
     """The empty STDOUT record that ends a response, and END_REQUEST."""
-    return RECORD.pack(1, FCGI_STDOUT, rid, 0, 0) + end_request(rid)
+    tail = ENDS.get(rid)
+    if tail is None:
+        tail = RECORD.pack(1, FCGI_STDOUT, rid, 0, 0) + end_request(rid)
+        if len(ENDS) < 64:
+            ENDS[rid] = tail
+    return tail
 
 
 def stdout_records(rid, data, parts):
@@ -784,17 +795,17 @@ class FastCGIResponse(Response):
     # close() runs (Django's sends signals and closes database connections).
     finish_first = True
 
+    size = 0
+    finished = ended = cut_short = False
+    aborted = False  # the web server gave the request up
+    status = b"-"
+
     def __init__(self, conn, rid, omit_body, ctl, fast_head):
         Response.__init__(self, None, rid, omit_body)
         self.fast_head = fast_head
         self.conn = conn
         self.ctl = ctl
         self.pending = []
-        self.size = 0
-        self.finished = self.ended = False
-        self.cut_short = False
-        self.aborted = False  # the web server gave the request up
-        self.status = b"-"
 
     def frame(self, kind, payload=b"", flags=0):
         if kind == HEAD or kind == DATA:
@@ -1131,11 +1142,10 @@ class FastCGIServer:
                 items.append(self.conns[fd][0] if fd in self.conns else fd)
             # Only a paused connection is watched for its hang-up alone.
             hung = {fd for fd, ev in events if ev & hangup} if self.paused else ()
-            ready = [x for x in items if type(x) is Conn and x.movable()]
-            if len(ready) > 1 and board is not None and 1 in board[:64]:
+            if len(items) > 1 and board is not None and 1 in board[:64]:
                 # Another worker waits idle: it takes the other ready
                 # connections, so no request waits behind ours.
-                for conn in ready[1:]:
+                for conn in [x for x in items if type(x) is Conn and x.movable()][1:]:
                     self.pass_conn(conn)
             if self.watched is not None and self.code_changed() and self.retired():
                 return self.close_all()
@@ -1485,17 +1495,17 @@ class FastCGIServer:
                 continue  # a record of a request that ended or never began
             elif kind == FCGI_ABORT:
                 conn.send(end_request(r))
-                conn.rid, conn.params, conn.params_size = 0, [], 0
+                conn.rid, conn.params, conn.params_size = 0, (), 0
             elif kind == FCGI_PARAMS:
                 if not content:
                     pairs = {}
                     decode_pairs(b"".join(conn.params), pairs, MAX_PARAMS)
-                    conn.params, conn.params_size = [], 0
+                    conn.params, conn.params_size = (), 0
                     return pairs, None, False
                 conn.params_size += len(content)
                 if conn.params_size > MAX_PARAMS_BYTES:
                     raise ConnClosed("params over %d bytes" % MAX_PARAMS_BYTES)
-                conn.params.append(bytes(content))
+                conn.params += (bytes(content),)
             elif kind != FCGI_DATA:
                 raise ConnClosed("record type %d before the params ended" % kind)
 
