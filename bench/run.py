@@ -229,10 +229,12 @@ http {
                                  cpu_front=per(after[0] - before[0]), cpu_server=per(after[1] - before[1]),
                                  cpu_wrk=wrk_cpu / n * 1e6 if n else 0, errors=errors))
         if server_pids:
-            rss, pss = memory(children(self.procs[server].pid))
+            pids = children(self.procs[server].pid)
+            rss, pss = memory(pids)
             top = memory([self.procs[server].pid])[0]
-            old = self.mem.get((app, target), (0, 0, 0))
-            self.mem[(app, target)] = (max(old[0], rss), max(old[1], pss), max(old[2], top))
+            old = self.mem.get((app, target), (0, 0, 0, 0))
+            # With the number of processes: a worker being replaced counts twice.
+            self.mem[(app, target)] = (max(old[0], rss), max(old[1], pss), max(old[2], top), max(old[3], len(pids)))
         print("%-14s round %d %-12s %9.0f req/s %s" % (app, rnd, target, self.results[-1]["rps"], errors),
               file=sys.stderr)
 
@@ -287,13 +289,14 @@ print(n / 2)
                  "- req/s: median over rounds (min-max); ratio: median of the per-round ratio to %s;"
                  " latency: medians; CPU: microseconds of CPU per request, from /proc before and after the load"
                  " (front = the nginx worker, server = all the server's processes, wrk = the load generator);"
-                 " memory: RSS and PSS of the server's processes after the load, the largest over rounds, and the RSS of"
-                 " the supervising process alone (wsgibridge's Go daemon, uWSGI's master, gunicorn's arbiter)." % BASE,
+                 " memory: RSS and PSS of the server's processes after the load, the largest over rounds, the RSS of"
+                 " the supervising process alone (wsgibridge's Go daemon, uWSGI's master, gunicorn's arbiter), and the"
+                 " most processes counted." % BASE,
                  ""]
         for app in a.apps:
             lines += ["## %s" % app, "",
                       "Called directly in one Python process: %.0f calls/s." % directs.get(app, 0), "",
-                      "| target | req/s | vs %s | p50 ms | p99 ms | CPU us/req front / server / wrk | RSS / PSS MiB (supervisor RSS) | errors |" % BASE,
+                      "| target | req/s | vs %s | p50 ms | p99 ms | CPU us/req front / server / wrk | RSS / PSS MiB (supervisor RSS), processes | errors |" % BASE,
                       "|---|---:|---:|---:|---:|---|---|---|"]
             for t in self.targets(app):
                 rows = [r for r in self.results if r["app"] == app and r["target"] == t]
@@ -305,12 +308,12 @@ print(n / 2)
                     base = [x["rps"] for x in self.results if x["app"] == app and x["round"] == r["round"] and x["target"] == BASE]
                     if base and base[0]:
                         ratios.append(r["rps"] / base[0])
-                rss, pss, top = self.mem.get((app, t), (0, 0, 0))
+                rss, pss, top, procs = self.mem.get((app, t), (0, 0, 0, 0))
                 med = lambda k: statistics.median(r[k] for r in rows)
                 lines.append("| %s | %.0f (%.0f-%.0f) | %.2fx | %.2f | %.2f | %.1f / %.1f / %.1f | %s | %s |" % (
                     t, statistics.median(rps), min(rps), max(rps), statistics.median(ratios) if ratios else 0,
                     med("p50"), med("p99"), med("cpu_front"), med("cpu_server"), med("cpu_wrk"),
-                    "%.1f / %.1f (%.1f)" % (rss, pss, top) if rss else "-", " ".join(sorted({r["errors"] for r in rows if r["errors"]})) or ""))
+                    "%.1f / %.1f (%.1f), %d" % (rss, pss, top, procs) if rss else "-", " ".join(sorted({r["errors"] for r in rows if r["errors"]})) or ""))
             lines.append("")
         if gobench:
             lines += ["## Go benchmarks", "", "`go test -run '^$' -bench . -benchmem ./bridge`:", "", "```", gobench.strip(), "```", ""]
