@@ -102,11 +102,13 @@ func fileListener(fd int, name string) (net.Listener, error) {
 		return nil, fmt.Errorf("fastcgi: inherited %s (fd %d): %w", name, fd, err)
 	}
 	if fd == 0 {
-		// The socket now has its own fd: give fd 0 back as /dev/null so a
-		// child never takes the listener for its stdin.
-		if devnull, err := os.Open(os.DevNull); err == nil {
-			_ = syscall.Dup2(int(devnull.Fd()), 0)
-			devnull.Close()
+		// The socket has its own fd now and closing f freed fd 0: /dev/null
+		// takes it, so that neither a child nor code reading stdin meets the
+		// listener there, or whatever socket would take the number next.
+		// Not through os.Open: its finalizer would close fd 0 again.
+		if devnull, err := syscall.Open(os.DevNull, syscall.O_RDONLY, 0); err == nil && devnull != 0 {
+			_ = syscall.Dup3(devnull, 0, 0) // Dup2 is missing on arm64 and riscv64
+			syscall.Close(devnull)
 		}
 	}
 	return l, nil

@@ -95,6 +95,9 @@ func TestInheritedSocket(t *testing.T) {
 	require.NoError(t, resp.WriteTo(rec, io.Discard))
 	assert.Equal(t, 200, rec.Code)
 	assert.Equal(t, "Hello, world!", rec.Body.String())
+	stdin, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/0", cmd.Process.Pid))
+	require.NoError(t, err)
+	assert.Equal(t, os.DevNull, stdin, "fd 0 gave the listening socket up, so no child takes it for its stdin")
 }
 
 // TestScriptStartedByCgiFcgi: libfcgi's cgi-fcgi -start runs a FastCGI
