@@ -1737,10 +1737,17 @@ def main(argv):
     sys.argv = ["wsgibridge"]
     for d in reversed(pythonpath):
         sys.path.insert(0, d)
-    os.set_inheritable(3, False)
-    os.set_inheritable(4, False)
-    if opts is not None and "fastpath" in opts:
-        os.set_inheritable(int(opts["fastpath"]), False)
+    # The bridge's fds are not for the app's own subprocesses: one holding
+    # the listener or the lobby would keep them open after this worker.
+    fds = [3, 4]
+    if opts is not None:
+        fds.append(5)
+        if "slot" in opts:
+            fds += [6, 7, 8]  # the lobby's two ends and the board
+        if "fastpath" in opts:
+            fds.append(int(opts["fastpath"]))
+    for fd in fds:
+        os.set_inheritable(fd, False)
     _signal.signal(_signal.SIGUSR1, on_stop)
     rin = open(3, "rb", buffering=256 * 1024)
     out = open(4, "wb", buffering=256 * 1024)
@@ -1770,7 +1777,6 @@ def main(argv):
         # _socket, not socket: socket imports enum, selectors and collections,
         # a MiB in every worker of an app that needs none of them.
         import _socket
-        os.set_inheritable(5, False)
         listener = _socket.socket(fileno=5)
         listener.setblocking(False)
         server = FastCGIServer(app, listener, out, opts)

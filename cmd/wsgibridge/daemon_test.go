@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -190,6 +191,17 @@ func TestNginxFastCGI(t *testing.T) {
 		for _, d := range daemons {
 			assert.NotContains(t, d.log.String(), "read requests in Python")
 			assert.NotContains(t, d.log.String(), "fast path did not load")
+		}
+	})
+	t.Run("an app's subprocess inherits none of the worker's fds", func(t *testing.T) {
+		status, body := get(t, n.base1+"/inheritable")
+		assert.Equal(t, 200, status)
+		// The bridge passes fds 3 to 9 (pipes, listener, lobby, board, fast
+		// path); a higher one is the environment's, passed through by Go.
+		for _, fd := range strings.Fields(body) {
+			n, err := strconv.Atoi(fd)
+			require.NoError(t, err)
+			assert.Greater(t, n, 9, "fd %d is inheritable (all: %s)", n, body)
 		}
 	})
 	t.Run("hello, recommended block over a unix socket", func(t *testing.T) {

@@ -285,6 +285,18 @@ def big(environ, start_response):
     return (block for _ in range(mib))
 
 
+def inheritable(environ, start_response):
+    """The worker's fds beyond stdio that a subprocess of the app would inherit."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if int(name) > 2 and os.get_inheritable(int(name)):
+                fds.append(name)
+        except OSError:
+            pass  # listdir's own fd, closed by now
+    return ok(start_response, " ".join(fds).encode())
+
+
 ROUTES = {
     "/": hello, "/hello": hello, "/environ": environ_dump, "/os-environ": os_environ,
     "/echo": echo, "/count": count, "/read-all": read_all, "/read-more": read_more, "/readlines": readlines,
@@ -297,6 +309,7 @@ ROUTES = {
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
     "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
+    "/inheritable": inheritable,
 }
 
 
