@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -51,18 +52,27 @@ func TestFastCGIWorkersLoadTheFastPath(t *testing.T) {
 		require.Equal(t, []end{{id, 0}}, r.ends)
 		assert.Contains(t, r.stdout[id], "\r\n\r\nHello, world!")
 	}
-	assert.NotContains(t, p.log.String(), "fast path did not load")
 	for _, pid := range p.pool.Stats().Pids {
-		maps, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/maps")
-		require.NoError(t, err)
-		assert.Contains(t, string(maps), "memfd:wsgibridge-fastpath", "worker %d mapped it", pid)
-		fds, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
-		require.NoError(t, err)
-		for _, fd := range fds {
-			target, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + fd.Name())
-			assert.False(t, strings.HasPrefix(target, "/memfd:"), "worker %d closed the fd it loaded it from (fd %s)", pid, fd.Name())
+		proc := "/proc/" + strconv.Itoa(pid)
+		// A worker loads it just after it reports ready, and the other may
+		// have served all four requests by then.
+		assert.Eventually(t, func() bool {
+			maps, err := os.ReadFile(proc + "/maps")
+			return err == nil && strings.Contains(string(maps), "memfd:wsgibridge-fastpath")
+		}, 10*time.Second, 10*time.Millisecond, "worker %d mapped it", pid)
+		closed := func() bool {
+			entries, err := os.ReadDir(proc + "/fd")
+			require.NoError(t, err)
+			for _, fd := range entries {
+				if target, _ := os.Readlink(proc + "/fd/" + fd.Name()); strings.HasPrefix(target, "/memfd:") {
+					return false
+				}
+			}
+			return true
 		}
+		assert.Eventually(t, closed, 10*time.Second, 10*time.Millisecond, "worker %d closed the fd it loaded it from", pid)
 	}
+	assert.NotContains(t, p.log.String(), "fast path did not load")
 }
 
 func TestFastPathFileIsSealed(t *testing.T) {
