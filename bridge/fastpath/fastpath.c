@@ -8,13 +8,14 @@
  * the bench machine, most of the worker's own work on a small response.
  * accept() takes the next connection more cheaply than the socket module.
  *
- * Each handles only what is plain; for anything else (a record of another
- * type or request, a request not yet whole in the buffer, a malformed,
- * oversized or refused one; headers that break a rule) it returns None,
- * leaving the buffer as it was, and worker.py's reference in Python does
- * the work instead (read_params and make_environ; header_block). So the C
- * never has to judge or report a bad request or a broken app, and what it
- * returns is what the Python would have.
+ * request() and head() handle only what is plain; for anything else (a
+ * record of another type or request, a request not yet whole in the
+ * buffer, a malformed, oversized or refused one; headers that break a
+ * rule) they return None, leaving the buffer as it was, and worker.py's
+ * reference in Python does the work instead (read_params and
+ * make_environ; header_block). So the C never has to judge or report a
+ * bad request or a broken app, and what it returns is what the Python
+ * would have.
  *
  * Built against the limited API of Python 3.9 (abi3), so one build loads
  * into any CPython 3.9 or later; worker.py serves without it when it does
