@@ -18,7 +18,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/wsgibridge/wsgibridge/fastcgi"
 )
@@ -43,7 +45,25 @@ to "application"; fastcgi and http also take a script file. Run
 `
 
 func main() {
+	closeInheritedOnExec()
 	os.Exit(run(os.Args[1:], os.Environ(), os.Stdin, os.Stdout, os.Stderr))
+}
+
+// closeInheritedOnExec marks the fds this process inherited beyond stdio
+// close-on-exec. Go's exec passes on any fd without the flag, so a web
+// server or shell that leaked one to us would leak it on to the workers
+// and to the app's subprocesses. What a worker needs it gets explicitly
+// (ExtraFiles), and a listener handed to us stays usable here.
+func closeInheritedOnExec() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return // no /proc (a chroot): nothing to sweep with
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }
 
 // run is main without the process: the tests call it.

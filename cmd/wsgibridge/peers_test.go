@@ -69,6 +69,22 @@ func TestCgiFcgiClient(t *testing.T) {
 	assert.True(t, strings.HasSuffix(out, "\r\n\r\n"+body))
 }
 
+// gofastGet sends a GET of path (as SCRIPT_NAME, as nginx's stock
+// fastcgi_params does) to the FastCGI server on the unix socket sock,
+// through our FastCGI client library, and returns the parsed response.
+func gofastGet(t *testing.T, sock, path string) *httptest.ResponseRecorder {
+	t.Helper()
+	cl, err := gofast.SimpleClientFactory(gofast.SimpleConnFactory("unix", sock))()
+	require.NoError(t, err)
+	defer cl.Close()
+	resp, err := cl.Do(&gofast.Request{Role: gofast.RoleResponder, Stdin: io.NopCloser(strings.NewReader("")),
+		Params: map[string]string{"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SCRIPT_NAME": path}})
+	require.NoError(t, err)
+	rec := httptest.NewRecorder()
+	require.NoError(t, resp.WriteTo(rec, io.Discard))
+	return rec
+}
+
 // TestInheritedSocket starts the daemon as spawn-fcgi does: the listening
 // socket on fd 0 and no --bind.
 func TestInheritedSocket(t *testing.T) {
@@ -85,19 +101,31 @@ func TestInheritedSocket(t *testing.T) {
 	startDaemonCmd(t, cmd)
 	f.Close()
 
-	cl, err := gofast.SimpleClientFactory(gofast.SimpleConnFactory("unix", sock))()
-	require.NoError(t, err)
-	defer cl.Close()
-	resp, err := cl.Do(&gofast.Request{Role: gofast.RoleResponder, Stdin: io.NopCloser(strings.NewReader("")),
-		Params: map[string]string{"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "SCRIPT_NAME": "/hello"}})
-	require.NoError(t, err)
-	rec := httptest.NewRecorder()
-	require.NoError(t, resp.WriteTo(rec, io.Discard))
+	rec := gofastGet(t, sock, "/hello")
 	assert.Equal(t, 200, rec.Code)
 	assert.Equal(t, "Hello, world!", rec.Body.String())
 	stdin, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/0", cmd.Process.Pid))
 	require.NoError(t, err)
 	assert.Equal(t, os.DevNull, stdin, "fd 0 gave the listening socket up, so no child takes it for its stdin")
+}
+
+// TestLeakedFdsStayHere starts the daemon with fds 3-10 open, as a
+// careless parent would leave them: the workers get 3-9 replaced by their
+// own, and none of them (10 included) reaches the app's subprocesses.
+func TestLeakedFdsStayHere(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "leak.sock")
+	cmd := exec.Command(binary, "fastcgi", "--bind", "unix:"+sock, "--chdir", appsDir(t), "probe")
+	for i := 0; i < 8; i++ {
+		f, err := os.Open(os.DevNull)
+		require.NoError(t, err)
+		defer f.Close()
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
+	startDaemonCmd(t, cmd)
+
+	rec := gofastGet(t, sock, "/inheritable")
+	assert.Equal(t, 200, rec.Code)
+	assert.Empty(t, rec.Body.String(), "fds a subprocess of the app would inherit")
 }
 
 // TestScriptStartedByCgiFcgi: libfcgi's cgi-fcgi -start runs a FastCGI
