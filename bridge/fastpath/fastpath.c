@@ -206,6 +206,14 @@ put(PyObject *env, int k, PyObject *value)
     return err;
 }
 
+/* env[keys[k]] = one of the values the environs share. */
+static int
+put_shared(PyObject *env, int k, PyObject *value)
+{
+    Py_INCREF(value);
+    return put(env, k, value);
+}
+
 /* env[keys[k]] = the bytes p[0:n], after a slash when slash is set. */
 static int
 put_bytes(PyObject *env, int k, int slash, const unsigned char *p, Py_ssize_t n)
@@ -331,8 +339,7 @@ make_environ(PyObject *env, struct span *seen, const unsigned char *mount, Py_ss
         return -1;
 
     int secure = is(seen[HTTPS], "on") || is(seen[HTTPS], "1") || is(seen[REQUEST_SCHEME], "https");
-    Py_INCREF(secure ? https : http);
-    if (put(env, URL_SCHEME, secure ? https : http) < 0)
+    if (put_shared(env, URL_SCHEME, secure ? https : http) < 0)
         return -1;
 
     if (seen[SERVER_NAME].n == 0 || seen[SERVER_PORT].n == 0) {
@@ -344,25 +351,12 @@ make_environ(PyObject *env, struct span *seen, const unsigned char *mount, Py_ss
             name.n = colon;
             port = (struct span){host.p + colon + 1, host.n - colon - 1};
         }
-        PyObject *fallback = secure ? port443 : port80;
-        if (seen[SERVER_NAME].n == 0) {
-            if (host.n == 0) {
-                Py_INCREF(localhost);
-                if (put(env, SERVER_NAME, localhost) < 0)
-                    return -1;
-            } else if (put_bytes(env, SERVER_NAME, 0, name.p, name.n) < 0) {
-                return -1;
-            }
-        }
-        if (seen[SERVER_PORT].n == 0) {
-            if (port.n == 0) {
-                Py_INCREF(fallback);
-                if (put(env, SERVER_PORT, fallback) < 0)
-                    return -1;
-            } else if (put_bytes(env, SERVER_PORT, 0, port.p, port.n) < 0) {
-                return -1;
-            }
-        }
+        if (seen[SERVER_NAME].n == 0 && (host.n == 0 ? put_shared(env, SERVER_NAME, localhost)
+                                                     : put_bytes(env, SERVER_NAME, 0, name.p, name.n)) < 0)
+            return -1;
+        if (seen[SERVER_PORT].n == 0 && (port.n == 0 ? put_shared(env, SERVER_PORT, secure ? port443 : port80)
+                                                     : put_bytes(env, SERVER_PORT, 0, port.p, port.n)) < 0)
+            return -1;
     }
     *to_eof = *length < 0 && holds(seen[HTTP_TRANSFER_ENCODING], "chunked");
     return PLAIN;
