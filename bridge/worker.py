@@ -1095,12 +1095,12 @@ class FastCGIServer:
         headers with the C fast path (module; None: all in Python)."""
         self.fast = self.fast_head = self.fast_accept = None
         if module is not None:
-            self.fast_accept = module.accept
+            self.fast_accept, self.fast_head = module.accept, module.head
             try:
                 self.fast_mount = None if self.mount is None else self.mount.encode("latin-1")
             except UnicodeEncodeError:
                 return  # the environ's str cannot hold it either: make_environ judges
-            self.fast, self.fast_head = module.request, module.head
+            self.fast = module.request
 
     def serve(self):
         import _socket
@@ -1628,7 +1628,7 @@ def load_fastpath(fd, log):
     """Loads the C fast path (bridge/fastpath/fastpath.c), which the bridge passes
     as a shared object on fd, and returns the module; None,
     logged, when this Python cannot load it (a debug or free-threaded
-    build cannot load the stable ABI): the worker reads requests in
+    build cannot load the stable ABI): the worker does its work in
     Python then, which is slower but the same."""
     import _imp
 

@@ -846,6 +846,13 @@ class FastPathTest(unittest.TestCase):
             with self.subTest(name):
                 self.assertIsNone(self.fast(data))
 
+    def test_a_mount_beyond_latin1_leaves_only_the_environ_to_python(self):
+        srv = worker.FastCGIServer(echo, None, io.BytesIO(), {"mount": "/\u20ac"})
+        srv.use_fastpath(FAST)
+        self.assertIsNone(srv.fast, "make_environ judges such a mount")
+        self.assertIs(srv.fast_head, FAST.head)
+        self.assertIs(srv.fast_accept, FAST.accept)
+
     def test_over_the_size_limit_it_declines(self):
         buf = bytearray(begin(3) + record(worker.FCGI_PARAMS, 3, self.PAIRS) + record(worker.FCGI_PARAMS, 3, b""))
         self.assertIsNotNone(FAST.request(buf, 0, len(buf), len(self.PAIRS), 10, None))
