@@ -1698,15 +1698,22 @@ def app_files(spec, pythonpath):
 def watch_list(files, imported_at):
     """The files to watch with their mtimes as imported. A file changed
     while the app imported (or just before: file times are coarse) counts
-    as changed already, as its new code may not be what runs. (A time in
-    the future, as copies from a machine whose clock is ahead have, does
-    not: it would reload every new worker.)"""
+    as changed already, as its new code may not be what runs. The change
+    time says so, not the mtime: an mtime can be set to anything, and one
+    in the future (a copy from a machine whose clock is ahead, or a touch
+    ahead) must neither hide a change made during the import nor reload
+    every new worker of a file that is not changing."""
     import time
     now = time.time_ns()
     out = []
     for path in files:
-        seen = mtime(path)
-        if seen is not None and imported_at - 20_000_000 < seen <= now:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append((path, None))
+            continue
+        seen = st.st_mtime_ns
+        if imported_at - 20_000_000 < st.st_ctime_ns <= now:
             seen = -1
         out.append((path, seen))
     return out

@@ -73,12 +73,13 @@ func (d *daemonFlags) newFlagSet(mode string, stderr io.Writer) *flag.FlagSet {
 // background and returns a channel that reports it stopping by itself, and
 // its graceful stop. l is closed if the pool cannot start.
 func (d *daemonFlags) serve(log *slog.Logger, l net.Listener, front func(*gateway) (<-chan error, func(context.Context) error)) int {
+	started := time.Now()
 	pool, code := d.startPool(log)
 	if code != exitOK {
 		l.Close()
 		return code
 	}
-	g := newGateway(pool, d, log)
+	g := newGateway(pool, started, d, log)
 	serveErr, shutdown := front(g)
 	if err := releaseExecutable(); err != nil {
 		log.Debug("the memory of starting up is kept", "err", err)

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/wsgibridge/wsgibridge/bridge"
@@ -36,10 +37,10 @@ type gateway struct {
 // sent them (right for CGI hand-offs and carefully configured servers).
 const mountKeep = "keep"
 
-func newGateway(pool *bridge.Pool, d *daemonFlags, log *slog.Logger) *gateway {
+func newGateway(pool *bridge.Pool, started time.Time, d *daemonFlags, log *slog.Logger) *gateway {
 	g := &gateway{pool: pool, mount: d.mount, log: log, accessLog: d.accessLog}
 	if d.reloadOnChange {
-		g.watch = newCodeWatch(pool.AppFiles())
+		g.watch = newCodeWatch(pool.AppFiles(), started)
 	}
 	g.lastSeen.Store(time.Now().UnixNano())
 	return g
@@ -65,17 +66,36 @@ type codeWatch struct {
 	mtime map[string]time.Time
 }
 
-func newCodeWatch(files []string) *codeWatch {
+// newCodeWatch watches files as the workers imported them, the import
+// having begun at since.
+func newCodeWatch(files []string, since time.Time) *codeWatch {
 	w := &codeWatch{}
-	w.snapshot(files)
+	w.snapshot(files, since)
 	return w
 }
 
-func (w *codeWatch) snapshot(files []string) {
+// snapshot records the files' mtimes. A file changed after since (or just
+// before: file times are coarse) is recorded as changed already, as the
+// workers may have imported its old code. Its change time says so, not
+// its mtime: an mtime can be set ahead, and a file touched ahead while
+// the workers imported would otherwise never count as changed.
+func (w *codeWatch) snapshot(files []string, since time.Time) {
 	w.mtime = map[string]time.Time{}
+	now := time.Now()
 	for _, f := range files {
-		if fi, err := os.Stat(f); err == nil {
-			w.mtime[f] = fi.ModTime()
+		fi, err := os.Stat(f)
+		if err != nil {
+			continue
+		}
+		w.mtime[f] = fi.ModTime()
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			continue
+		}
+		// A change time ahead of the clock (the clock was set back) is no
+		// sign of anything; counting it would reload on every request.
+		if ctime := time.Unix(st.Ctim.Unix()); ctime.After(since.Add(-20*time.Millisecond)) && !ctime.After(now) {
+			w.mtime[f] = time.Time{}
 		}
 	}
 }
@@ -100,10 +120,11 @@ func (g *gateway) check() {
 		return
 	}
 	g.log.Info("the app's code changed: reloading", "file", f)
+	since := time.Now()
 	if err := g.pool.Reload(); err != nil {
 		g.log.Error("reload failed; the running workers stay", "err", err)
 	}
-	w.snapshot(g.pool.AppFiles())
+	w.snapshot(g.pool.AppFiles(), since)
 }
 
 var _ http.Handler = (*gateway)(nil)

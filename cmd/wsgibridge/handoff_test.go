@@ -65,6 +65,13 @@ func TestApacheHandOff(t *testing.T) {
 	require.NoError(t, os.Chown(run, uid, gid))
 	require.NoError(t, os.WriteFile(filepath.Join(a.dir, "apps", "changing.py"), []byte(fmt.Sprintf(changing, "v1")), 0o644))
 	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := filepath.Glob(filepath.Join(run, "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Logf("%s:\n%s", filepath.Base(l), b)
+			}
+		}
 		stamps, _ := filepath.Glob(filepath.Join(run, "*.stamp"))
 		for _, s := range stamps {
 			if pid, _, ok := readStamp(strings.TrimSuffix(s, ".stamp")); ok {
