@@ -504,24 +504,38 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 	}
 }
 
-// stopRequest asks the worker to stop request id, and arms its kill in
-// case the app cannot be interrupted. Both do nothing once id has ended.
+// stopAgain is how often a stopped request that goes on is signalled
+// again: CPython handles a signal that lands just before a blocking call
+// (a sleep, a read) only when the call returns, and a second one
+// interrupts the call. The worker raises Stop once per request.
+const stopAgain = 100 * time.Millisecond
+
+// stopRequest asks the worker to stop request id, again every stopAgain,
+// and kills it after StopGrace in case the app cannot be interrupted.
+// It does nothing more once id has ended.
 func (w *Worker) stopRequest(id uint16) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.current != id {
-		return
-	}
-	w.stopping = true
-	_ = syscall.Kill(w.pid, syscall.SIGUSR1)
-	time.AfterFunc(w.cfg.StopGrace, func() {
+	deadline := time.Now().Add(w.cfg.StopGrace)
+	var signal func()
+	signal = func() {
 		w.mu.Lock()
-		still := w.current == id
-		w.mu.Unlock()
-		if still {
-			w.Kill()
+		defer w.mu.Unlock()
+		if w.current != id {
+			return
 		}
-	})
+		w.stopping = true
+		select {
+		case <-w.exited:
+			return // its pid may be another process's now
+		default:
+		}
+		if !time.Now().Before(deadline) {
+			w.Kill()
+			return
+		}
+		_ = syscall.Kill(w.pid, syscall.SIGUSR1)
+		time.AfterFunc(min(stopAgain, time.Until(deadline)), signal)
+	}
+	signal()
 }
 
 func (w *Worker) stopped() bool {

@@ -30,7 +30,9 @@ hold a response open.
 SIGUSR1 stops the request in progress (the client went away, or it ran out
 of time): Stop is raised inside the app, so its iterable is closed and the
 worker serves on. The handler raises only while app code runs, never in
-the middle of writing a frame.
+the middle of writing a frame, and once per request: the bridge sends the
+signal again while the request goes on, as one that lands just before a
+blocking call is handled only when the call returns.
 """
 
 # _signal, not signal: the signal module imports enum, 4 ms of a cold start.
@@ -79,14 +81,20 @@ class Stop(BaseException):
 
 # True while app code runs: only then may SIGUSR1 raise Stop. A stop that
 # comes while the worker writes a frame waits in stop_pending until the
-# write is done, so it is never lost and never tears a frame.
+# write is done, so it is never lost and never tears a frame. Once Stop was
+# raised, stop_raised keeps the signals sent again from raising it inside
+# the app's own clean-up.
 app_running = False
 stop_pending = False
+stop_raised = False
 
 
 def on_stop(signum, frame):
-    global stop_pending
+    global stop_pending, stop_raised
+    if stop_raised:
+        return
     if app_running:
+        stop_raised = True
         raise stopped()
     stop_pending = True
 
@@ -337,13 +345,14 @@ class Response:
         self.frame(HEAD, self.block)
 
     def write(self, data, flags=FLUSH):
-        global app_running
+        global app_running, stop_raised
         running, app_running = app_running, False
         try:
             self._write(data, flags)
         finally:
             app_running = running
         if running and stop_pending:
+            stop_raised = True
             raise stopped()
 
     def _write(self, data, flags):
@@ -446,8 +455,8 @@ FASTCGI_ENVIRON = {**BASE_ENVIRON, "wsgi.run_once": False}
 
 def handle(app, rin, out, flags, rid, payload):
     """Serves one request from the pipe; returns True when the worker should exit after it."""
-    global stop_pending
-    stop_pending = False
+    global stop_pending, stop_raised
+    stop_pending = stop_raised = False
     environ = marshal.loads(payload)
     environ.update(BASE_ENVIRON)
     environ["wsgi.run_once"] = bool(flags & RUN_ONCE)
@@ -516,6 +525,7 @@ MAX_PARAMS_BYTES = 256 * 1024
 MAX_PARAMS = 1000
 BODY_MEMORY = 1 << 20
 STALL_AFTER = 0.02  # seconds
+STOP_AGAIN = 0.1  # seconds between the signals that stop a request
 ACCEPT_RUN = 16
 MSG_CMSG_CLOEXEC = 0x40000000  # Linux; not in the socket module
 SERVED = struct.Struct("<Q")  # a worker's request count on the board, at 64 + 8 * slot
@@ -1328,9 +1338,16 @@ class FastCGIServer:
                 return int.from_bytes(data[:4], sys.byteorder)
         return None
 
-    def arm(self, delay):
+    def arm(self, delay, again=0):
         self.alarm_armed = True
-        _signal.setitimer(_signal.ITIMER_REAL, max(delay, 0.001))
+        _signal.setitimer(_signal.ITIMER_REAL, max(delay, 0.001), again)
+
+    def arm_timeout(self, elapsed):
+        """Arms the alarm for the request's timeout, and again every
+        STOP_AGAIN after it: CPython handles a signal that lands just before
+        a blocking call only when the call returns, and the next one
+        interrupts the call."""
+        self.arm(self.timeout - elapsed, STOP_AGAIN)
 
     def on_alarm(self, signum, frame):
         """Looks at the request in progress: one running past STALL_AFTER
@@ -1339,7 +1356,8 @@ class FastCGIServer:
         rearmed once the worker is idle, and is armed once for a run of
         short requests, not for each."""
         self.alarm_armed = False
-        if self.current is None:
+        if self.current is None or stop_raised:
+            _signal.setitimer(_signal.ITIMER_REAL, 0)  # the timeout's repeats
             return
         elapsed = self.clock() - self.started
         if self.timeout and elapsed >= self.timeout:
@@ -1352,7 +1370,7 @@ class FastCGIServer:
                 return self.arm(0.005)  # it is writing its response: look again soon
             self.stalled = True
             if self.timeout:
-                self.arm(self.timeout - elapsed)
+                self.arm_timeout(elapsed)
             for conn, _ in list(self.conns.values()):
                 if conn is not self.current and conn.movable():
                     self.pass_conn(conn)
@@ -1360,7 +1378,7 @@ class FastCGIServer:
         if watch_stall:
             self.arm(STALL_AFTER - elapsed)
         elif self.timeout:
-            self.arm(self.timeout - elapsed)
+            self.arm_timeout(elapsed)
 
     def watch_abort(self, on):
         """A request that runs long hears of its abort (FCGI_ABORT_REQUEST,
@@ -1396,7 +1414,7 @@ class FastCGIServer:
         else:
             self.log(LOG_INFO, "fastcgi: the web server closed the connection; stopping the app")
         resp.aborted = True
-        raise stopped()
+        on_stop(signum, frame)
 
     def close_all(self):
         """Leaves: requests still coming are served first; then the kept
@@ -1569,8 +1587,8 @@ class FastCGIServer:
         return req
 
     def run(self, conn, rid, req):
-        global stop_pending
-        stop_pending = False
+        global stop_pending, stop_raised
+        stop_pending = stop_raised = False
         self.served += 1
         if self.board is not None:
             SERVED.pack_into(self.board, 64 + 8 * self.slot, self.served)
@@ -1599,7 +1617,10 @@ class FastCGIServer:
             self.current, self.current_resp = conn, resp
             self.started, self.stalled = self.clock(), False
             if not self.alarm_armed:
-                self.arm(STALL_AFTER if self.board is not None else self.timeout)
+                if self.board is not None:
+                    self.arm(STALL_AFTER)
+                else:
+                    self.arm_timeout(0)
             if self.timeout and self.board is not None:
                 # The bridge kills this worker if the flag stays up past
                 # the timeout: an app stuck where Stop cannot reach it.

@@ -486,9 +486,10 @@ func TestWorkerDeath(t *testing.T) {
 }
 
 // TestStopInterruptsApp: a request whose context ends is stopped inside
-// the app (a sleep, a busy loop); the worker serves on.
+// the app (a sleep, a busy loop, one the first signal missed); the worker
+// serves on.
 func TestStopInterruptsApp(t *testing.T) {
-	for _, path := range []string{"/sleep", "/loop"} {
+	for _, path := range []string{"/sleep", "/loop", "/lose-first-stop"} {
 		t.Run(path, func(t *testing.T) {
 			h := newHarness(t, probeApp(t, "application"))
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)

@@ -4,6 +4,7 @@
 import contextlib
 import importlib.util
 import io
+import marshal
 import os
 import unittest
 
@@ -197,7 +198,7 @@ class ResponseTest(unittest.TestCase):
 
 class StopTest(unittest.TestCase):
     def tearDown(self):
-        worker.app_running = worker.stop_pending = False
+        worker.app_running = worker.stop_pending = worker.stop_raised = False
 
     def test_stop_during_a_write_waits_for_its_end(self):
         buf = io.BytesIO()
@@ -223,6 +224,28 @@ class StopTest(unittest.TestCase):
         worker.app_running = True
         with self.assertRaises(worker.Stop):
             worker.on_stop(None, None)
+
+    def test_stop_is_raised_once_per_request(self):
+        worker.app_running = True
+        with self.assertRaises(worker.Stop):
+            worker.on_stop(None, None)
+        worker.on_stop(None, None)  # sent again, while the app cleans up
+        # The next request may be stopped again.
+        body_end = io.BytesIO(worker.HEADER.pack(worker.BODY_END, 0, 1, 0))
+        worker.handle(lambda e, s: s("200 OK", []) and [], body_end, io.BytesIO(), 0, 1,
+                      marshal.dumps({"REQUEST_METHOD": "GET"}))
+        worker.app_running = True
+        with self.assertRaises(worker.Stop):
+            worker.on_stop(None, None)
+
+    def test_stop_raised_from_a_write_is_not_raised_again(self):
+        resp = worker.Response(io.BytesIO(), 1, False)
+        write = resp.start_response("200 OK", [])
+        worker.on_stop(None, None)  # while the worker wrote
+        worker.app_running = True
+        with self.assertRaises(worker.Stop):
+            write(b"chunk")
+        worker.on_stop(None, None)
 
 
 class LoadAppTest(unittest.TestCase):

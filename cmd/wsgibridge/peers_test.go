@@ -385,6 +385,25 @@ func TestDaemonKillsStuckApp(t *testing.T) {
 	assert.Contains(t, string(got), "Hello, world!")
 }
 
+// TestDaemonStopsAppTheFirstAlarmMissed: the timeout's alarm comes again
+// until the request ends, so an app the first one missed (CPython handles
+// a signal landing just before a blocking call only when the call
+// returns) is stopped with 504 and its worker serves on, unkilled.
+func TestDaemonStopsAppTheFirstAlarmMissed(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "missed.sock")
+	d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--workers", "1", "--timeout", "1s", "--chdir", appsDir(t), "probe")
+	first := d.workerPids(t)
+	got, err := fcgiGet(t, "unix", sock, "/lose-first-alarm")
+	require.NoError(t, err)
+	assert.Contains(t, string(got), "Status: 504")
+	assert.NotContains(t, string(got), "slept")
+	got, err = fcgiGet(t, "unix", sock, "/pid")
+	require.NoError(t, err)
+	assert.Contains(t, string(got), strconv.Itoa(first[0]), "the same worker serves on")
+	assert.Contains(t, d.log.String(), "the app ran longer than the 1s timeout")
+	assert.NotContains(t, d.log.String(), "killing its worker")
+}
+
 // TestDaemonAccessLog: --access-log gives one line per request with its
 // method, URI, status and size, from the workers that served it.
 func TestDaemonAccessLog(t *testing.T) {

@@ -267,6 +267,21 @@ def masked_sleep(environ, start_response):
     return ok(start_response, b"slept")
 
 
+def lose_first(signum):
+    """An app that the first stop signal does not reach, as CPython lets one
+    land just before a blocking call and handles it only when the call
+    returns: it sleeps 0.2 s (the timeout's alarm is armed then), takes the
+    next signum itself, then sleeps a minute."""
+    def app(environ, start_response):
+        time.sleep(0.2)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+        signal.sigwaitinfo({signum})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        time.sleep(60)
+        return ok(start_response, b"slept")
+    return app
+
+
 def loop(environ, start_response):
     while True:
         pass
@@ -309,7 +324,8 @@ ROUTES = {
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
     "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
-    "/inheritable": inheritable,
+    "/inheritable": inheritable, "/lose-first-stop": lose_first(signal.SIGUSR1),
+    "/lose-first-alarm": lose_first(signal.SIGALRM),
 }
 
 
