@@ -17,12 +17,16 @@ Targets, per app:
   uwsgi          uwsgi's native protocol (uwsgi_pass)
   gunicorn       gunicorn, 2 sync workers, via proxy_pass
   nginx          nginx answering by itself (return 200), the ceiling (hello)
+  baseline       with --baseline BIN: another wsgibridge binary (a build of an
+  baseline+      earlier commit) behind the same two blocks, so a change is
+                 measured against what it replaces in the same rounds
 
 Per target: req/s, p50/p99 latency, CPU microseconds per request of the
 front (nginx), the server (all its processes) and the load generator (wrk),
 and RSS and PSS of the server's processes after the load.
 
 Usage: bench/run.py [--rounds 3] [--seconds 10] [--apps hello,flask,...]
+       [--targets wsgibridge,uwsgi-fcgi,...] [--baseline BIN]
        [--out FILE]   (from the repository root, after make build)
 Needs Debian's nginx, wrk, uwsgi, uwsgi-plugin-python3, gunicorn,
 python3-flask and python3-django.
@@ -53,11 +57,11 @@ APPS = {
     "1mib-response": ("bulk", "big", "/", None),
     "1mib-post": ("bulk", "echo", "/", "post"),
 }
-TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx"]
+TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+"]
 BASE = "uwsgi-fcgi"
 # The process that serves a target: the recommended block reaches the same
 # wsgibridge; nginx answering by itself has no server behind it.
-SERVER_OF = {"wsgibridge+": "wsgibridge", "nginx": None}
+SERVER_OF = {"wsgibridge+": "wsgibridge", "baseline+": "baseline", "nginx": None}
 PORTS = {t: 18300 + i for i, t in enumerate(TARGETS)}
 
 POST_LUA = """wrk.method = "POST"
@@ -156,9 +160,11 @@ class Bench:
     def start_app(self, app):
         module, func, _, _ = APPS[app]
         spec = "%s:%s" % (module, func)
-        self.start("wsgibridge", [os.path.join(ROOT, "bin", "wsgibridge"), "fastcgi", "--bind", "unix:" + self.sock("wb"),
-                                  "--socket-mode", "0666", "--workers", "2", "--python", PY, "--chdir", APPS_DIR, spec],
-                   "wsgibridge.log")
+        for name, binary, sock in (("wsgibridge", os.path.join(ROOT, "bin", "wsgibridge"), "wb"),
+                                   ("baseline", self.args.baseline, "bl")):
+            if binary:
+                self.start(name, [binary, "fastcgi", "--bind", "unix:" + self.sock(sock), "--socket-mode", "0666",
+                                  "--workers", "2", "--python", PY, "--chdir", APPS_DIR, spec], name + ".log")
         self.start("uwsgi-fcgi", ["uwsgi", "--plugin", "python3", "--fastcgi-socket", self.sock("uf"), "--chmod-socket=666",
                                   "--master", "--processes", "2", "--disable-logging", "--chdir", APPS_DIR,
                                   "--module", spec], "uwsgi-fcgi.log")
@@ -186,9 +192,12 @@ http {
     server { listen 127.0.0.1:%(p3)d; location / { include /etc/nginx/uwsgi_params; uwsgi_pass unix:%(un)s; } }
     server { listen 127.0.0.1:%(p4)d; location / { proxy_pass http://unix:%(gu)s; } }
     server { listen 127.0.0.1:%(p5)d; location / { default_type text/plain; return 200 "Hello, world!"; } }
+    upstream bl_keep { server unix:%(bl)s; keepalive 32; }
+    server { listen 127.0.0.1:%(p6)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass unix:%(bl)s; } }
+    server { listen 127.0.0.1:%(p7)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass bl_keep; fastcgi_keep_conn on; fastcgi_request_buffering off; } }
 }
 """ % dict(user=user, d=d, wb=self.sock("wb"), uf=self.sock("uf"), un=self.sock("un"), gu=self.sock("gu"),
-           **{"p%d" % i: PORTS[t] for i, t in enumerate(TARGETS)})
+           bl=self.sock("bl"), **{"p%d" % i: PORTS[t] for i, t in enumerate(TARGETS)})
         with open(os.path.join(d, "nginx.conf"), "w") as f:
             f.write(conf)
         self.start("nginx", ["nginx", "-c", os.path.join(d, "nginx.conf"), "-p", d, "-g", "daemon off;"], "nginx.log")
@@ -196,7 +205,10 @@ http {
             wait_for(PORTS[t], post=APPS[app][3] == "post", what=t)
 
     def targets(self, app):
-        return [t for t in TARGETS if t != "nginx" or app == "hello"]
+        """The targets measured for app; a baseline goes with its block."""
+        return [t for t in TARGETS if (t != "nginx" or app == "hello") and
+                (t.replace("baseline", "wsgibridge") in self.args.targets if t.startswith("baseline")
+                 else t in self.args.targets) and (self.args.baseline or not t.startswith("baseline"))]
 
     def wrk(self, target, app, seconds):
         """Runs wrk; returns its output and its own CPU seconds."""
@@ -279,6 +291,7 @@ print(n / 2)
                      version(["nginx", "-v"]), version(["uwsgi", "--version"]),
                      version(["gunicorn", "--version"]).split()[-1].strip("()"), version([PY, "--version"]).split()[-1],
                      git_rev()),
+                 ] + (["- baseline: another wsgibridge binary, `%s`" % os.path.basename(a.baseline)] if a.baseline else []) + [
                  "",
                  "## Settings", "",
                  "- nginx: 1 worker process, `access_log off`, upstreams on unix sockets; each server with 2 Python"
@@ -363,10 +376,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--apps", default=",".join(APPS))
+    ap.add_argument("--targets", default=",".join(TARGETS), help="the targets to measure (uwsgi-fcgi always)")
+    ap.add_argument("--baseline", default="", help="another wsgibridge binary to measure beside this one")
     ap.add_argument("--out", default="")
     ap.add_argument("--no-go", action="store_true", help="skip the Go benchmarks")
     args = ap.parse_args()
     args.apps = [a for a in args.apps.split(",") if a]
+    args.targets = set(args.targets.split(",")) | {BASE}
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
     for tool in ("nginx", "wrk", "uwsgi", "gunicorn"):
         if not shutil.which(tool):
             raise SystemExit("bench: %s is not installed (make bench installs it)" % tool)
