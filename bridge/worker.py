@@ -311,6 +311,9 @@ class Response:
     block = length = None
     sent = 0
     headers_sent = False
+    # The client left (known under FastCGI only): the Stop that ends the
+    # app then is no error of the app's.
+    aborted = False
 
     def __init__(self, out, rid, omit_body):
         self.out = out
@@ -502,6 +505,8 @@ def run_app(app, environ, resp):
         raise
     except BaseException as exc:
         app_running = False
+        if resp.aborted and isinstance(exc, Stop):
+            return False  # the client left: nothing to send, nothing to report
         # Interpreter state is suspect after these; a fresh worker is cheap.
         exiting = isinstance(exc, (SystemExit, KeyboardInterrupt, MemoryError))
         resp.fail(report(resp, environ, exc), exiting, 504 if isinstance(exc, Stop) else 500)
@@ -807,8 +812,16 @@ class FastCGIResponse(Response):
 
     size = 0
     finished = ended = cut_short = False
-    aborted = False  # the web server gave the request up
+    # aborted: the web server gave the request up (FCGI_ABORT_REQUEST), or
+    # is gone (it closed the connection, or stopped reading for
+    # Conn.TIMEOUT): either way its client left.
+    gone = False
     status = b"-"
+    head_size = sent_out = 0  # bytes of the header block, and of all flush sent
+
+    def body_sent(self):
+        """The body bytes that went out: what the client got."""
+        return max(self.sent_out - self.head_size, 0)
 
     def __init__(self, conn, rid, omit_body, ctl, fast_head):
         Response.__init__(self, None, rid, omit_body)
@@ -821,6 +834,7 @@ class FastCGIResponse(Response):
         if kind == HEAD or kind == DATA:
             if kind == HEAD:
                 self.status = payload[8:11]
+                self.head_size = len(payload)
             self.pending.append(payload)
             self.size += len(payload)
         elif kind == FINISHED:
@@ -855,7 +869,10 @@ class FastCGIResponse(Response):
     def flush(self):
         """Sends what the app gave so far as STDOUT records: a short response
         as one record with its END_REQUEST, in one write; a large one by
-        reference, record by record."""
+        reference, record by record. A web server that went away stops
+        the app as its abort does (Stop, raised when the app's write
+        returns)."""
+        global stop_pending
         parts, size = self.pending, self.size
         self.pending, self.size = [], 0
         if self.aborted:
@@ -864,17 +881,23 @@ class FastCGIResponse(Response):
         if not self.ended and (self.finished or self.complete()):
             self.ended = True
             tail = end_records(self.rid)
-        if size > MAX_RECORD_CONTENT:
-            out = []
-            for part in parts:
-                stdout_records(self.rid, part, out)
-            out.append(tail)
-            self.conn.sendv(out)
-        elif size:
-            pad = -size & 7
-            self.conn.send(RECORD.pack(1, FCGI_STDOUT, self.rid, size, pad) + b"".join(parts) + PADDING[pad] + tail)
-        elif tail:
-            self.conn.send(tail)
+        try:
+            if size > MAX_RECORD_CONTENT:
+                out = []
+                for part in parts:
+                    stdout_records(self.rid, part, out)
+                out.append(tail)
+                self.conn.sendv(out)
+            elif size:
+                pad = -size & 7
+                self.conn.send(RECORD.pack(1, FCGI_STDOUT, self.rid, size, pad) + b"".join(parts) + PADDING[pad] + tail)
+            elif tail:
+                self.conn.send(tail)
+        except ConnClosed:
+            self.aborted = self.gone = True
+            stop_pending = True
+            return
+        self.sent_out += size
 
 
 class Pending:
@@ -1086,7 +1109,8 @@ class FastCGIServer:
         self.draining = False
         self.next_sweep = 0.0
         self.board = self.slot = self.current = self.current_resp = None
-        self.alarm_armed = self.stalled = self.watching = False
+        self.alarm_at = None  # when the alarm fires next, by self.clock; None: not armed
+        self.stalled = self.watching = False
         self.started = 0.0
         import time
         self.clock = time.monotonic
@@ -1339,8 +1363,22 @@ class FastCGIServer:
         return None
 
     def arm(self, delay, again=0):
-        self.alarm_armed = True
-        _signal.setitimer(_signal.ITIMER_REAL, max(delay, 0.001), again)
+        delay = max(delay, 0.001)
+        self.alarm_at = self.clock() + delay
+        _signal.setitimer(_signal.ITIMER_REAL, delay, again)
+
+    def watch(self, started):
+        """Makes sure the alarm looks at the request that started at
+        started in time: after STALL_AFTER (the timeout, without a board).
+        An alarm left armed by an earlier request (its timeout) that fires
+        later is brought forward; one that fires sooner is left, so a run
+        of short requests costs one setitimer, not one each (respond calls
+        this only when the alarm is not due by STALL_AFTER)."""
+        if self.board is None:
+            if self.alarm_at is None or self.alarm_at > started + self.timeout:
+                self.arm_timeout(0)
+        elif self.alarm_at is None or self.alarm_at > started + STALL_AFTER:
+            self.arm(STALL_AFTER)
 
     def arm_timeout(self, elapsed):
         """Arms the alarm for the request's timeout, and again every
@@ -1354,8 +1392,8 @@ class FastCGIServer:
         passes this worker's other connections to idle peers and listens
         for its abort; one past the timeout is stopped. The alarm is not
         rearmed once the worker is idle, and is armed once for a run of
-        short requests, not for each."""
-        self.alarm_armed = False
+        short requests, not for each (see watch)."""
+        self.alarm_at = None
         if self.current is None or stop_raised:
             _signal.setitimer(_signal.ITIMER_REAL, 0)  # the timeout's repeats
             return
@@ -1410,9 +1448,8 @@ class FastCGIServer:
             abort = RECORD.pack(1, FCGI_ABORT, resp.rid, 0, 0)
             if abort not in data:
                 return
-            self.log(LOG_INFO, "fastcgi: the web server aborted the request; stopping the app")
         else:
-            self.log(LOG_INFO, "fastcgi: the web server closed the connection; stopping the app")
+            resp.gone = True  # the connection closed
         resp.aborted = True
         on_stop(signum, frame)
 
@@ -1599,12 +1636,24 @@ class FastCGIServer:
             else:
                 self.respond(conn, rid, req, resp)
         finally:
-            if self.access_log:
-                method, uri, start = req.line
-                entry = "\0".join((method, uri, resp.status.decode("latin-1"), str(resp.sent),
-                                    str(int((self.clock() - start) * 1e6)))).encode("utf-8", "surrogateescape")
-                self.ctl.write(HEADER.pack(ACCESS, 0, 0, len(entry)) + entry)
-                self.ctl.flush()
+            if self.access_log or resp.aborted:
+                self.access(req, resp)
+
+    def access(self, req, resp):
+        """Sends the bridge an access-log entry: what the client got. A
+        request the web server gave up gets one, as nginx logs it (499),
+        with the access log or without: it is the one line such a request
+        gets."""
+        if self.access_log:
+            method, uri, start = req.line
+        else:
+            env = req.environ
+            method, uri, start = env.get("REQUEST_METHOD", ""), env.get("REQUEST_URI", ""), self.started
+        status = "499" if resp.aborted else resp.status.decode("latin-1")
+        entry = "\0".join((method, uri, status, str(resp.body_sent()),
+                            str(int((self.clock() - start) * 1e6)))).encode("utf-8", "surrogateescape")
+        self.ctl.write(HEADER.pack(ACCESS, 0, 0, len(entry)) + entry)
+        self.ctl.flush()
 
     def respond(self, conn, rid, req, resp):
         environ = req.environ
@@ -1612,15 +1661,16 @@ class FastCGIServer:
         environ["wsgi.input"] = req.body.reader() if req.body else io.BytesIO()
         if req.to_eof:
             environ["wsgi.input_terminated"] = True
+        # started first: an alarm that fires before current is set must
+        # not measure this request by the last one's start.
+        started = self.started = self.clock()
         timed = self.timeout or self.board is not None
         if timed:
+            self.stalled = False
             self.current, self.current_resp = conn, resp
-            self.started, self.stalled = self.clock(), False
-            if not self.alarm_armed:
-                if self.board is not None:
-                    self.arm(STALL_AFTER)
-                else:
-                    self.arm_timeout(0)
+            alarm_at = self.alarm_at
+            if alarm_at is None or alarm_at > started + STALL_AFTER:
+                self.watch(started)
             if self.timeout and self.board is not None:
                 # The bridge kills this worker if the flag stays up past
                 # the timeout: an app stuck where Stop cannot reach it.
@@ -1636,7 +1686,9 @@ class FastCGIServer:
                 if self.watching:
                     self.watch_abort(False)
                 self.current = self.current_resp = None
-        if resp.aborted:
+        if resp.gone:
+            conn.keep = False  # closed without a word: nobody listens
+        elif resp.aborted:
             conn.send(end_request(rid))
         conn.cut_short = resp.cut_short
         if exiting:

@@ -437,10 +437,10 @@ class Wire:
         pass
 
 
-def request(path, keep=True, body=()):
-    """A GET for path as nginx sends it, on a connection it keeps; a POST
-    if body holds the pieces of a body, sent as STDIN records."""
-    env = [(b"REQUEST_METHOD", b"GET"), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"PATH_INFO", path)]
+def request(path, keep=True, body=(), method=b"GET"):
+    """A GET (or method) for path as nginx sends it, on a connection it
+    keeps; a POST if body holds the pieces of a body, sent as STDIN records."""
+    env = [(b"REQUEST_METHOD", method), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"PATH_INFO", path)]
     if body:
         env[0] = (b"REQUEST_METHOD", b"POST")
         env.append((b"CONTENT_LENGTH", b"%d" % sum(map(len, body))))
@@ -599,6 +599,101 @@ class FastCGIServeTest(Servers, unittest.TestCase):
         self.assertEqual(wire.sends, [END], "END_REQUEST alone: the app never ran")
         self.assertEqual(worker.Body.held, 0, "the body's memory is given back")
         self.assertTrue(conn.movable())
+
+
+class Gone(Wire):
+    """A connection whose web server went away after the first send."""
+
+    def send(self, data, flags=0):
+        if self.sends:
+            raise BrokenPipeError(32, "Broken pipe")
+        return Wire.send(self, data, flags)
+
+
+class FastCGIGoneTest(Servers, unittest.TestCase):
+    """A web server that goes away while the app streams: the app is
+    stopped as by an abort, and the request is one access-log line with
+    status 499 and the bytes that were sent, not an app error."""
+
+    def test_the_app_is_stopped_and_the_request_logged_as_given_up(self):
+        events = []
+
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            try:
+                for _ in range(100):
+                    yield b"chunk"
+                    events.append("yielded")
+            finally:
+                events.append("finally")
+        ctl = io.BytesIO()
+        srv = self.server(app, ctl)
+        srv.access_log = True
+        wire = Gone(request(b"/stream"))
+        conn = worker.Conn(wire)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            kept = srv.serve_conn(conn)
+        self.assertFalse(kept, "the connection is closed")
+        self.assertEqual(events, ["yielded", "finally"], "stopped at the write that failed")
+        self.assertEqual(err.getvalue(), "", "no traceback")
+        out = parse(ctl.getvalue())
+        self.assertEqual([kind for kind, _, _ in out], ["A"], "one line: the access log's, no app error")
+        method, uri, status, sent, _ = out[0][2].split(b"\0")
+        self.assertEqual((method, status, sent), (b"GET", b"499", b"5"))
+
+    def test_head_logs_no_body_bytes(self):
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "5")])
+            return [b"hello"]
+        ctl = io.BytesIO()
+        srv = self.server(app, ctl)
+        srv.access_log = True
+        wire = Wire(request(b"/", method=b"HEAD"))
+        self.assertTrue(srv.serve_conn(worker.Conn(wire)))
+        self.assertNotIn(b"hello", b"".join(wire.sends))
+        _, _, status, sent, _ = parse(ctl.getvalue())[0][2].split(b"\0")
+        self.assertEqual((status, sent), (b"200", b"0"), "the access log counts what was sent")
+
+
+class WatchTest(Servers, unittest.TestCase):
+    """Every request of a FastCGI worker gets the look of the alarm at
+    STALL_AFTER, whatever an earlier request left armed (its timeout)."""
+
+    def setUp(self):
+        self.calls = []
+        real = worker._signal.setitimer
+        worker._signal.setitimer = lambda which, delay, again=0: self.calls.append(delay)
+        self.addCleanup(setattr, worker._signal, "setitimer", real)
+
+    def test_a_request_after_a_slow_one_is_looked_at_in_time(self):
+        import _socket
+        import socket
+        now = [100.0]
+        seen = []
+
+        def app(environ, start_response):
+            path = environ["PATH_INFO"]
+            if path == "/slow":
+                now[0] += 2 * worker.STALL_AFTER
+                srv.on_alarm(worker._signal.SIGALRM, None)  # the alarm fires: a stall
+            else:
+                seen.append(list(self.calls))
+            now[0] += 0.001
+            start_response("200 OK", [])
+            return [b"x"]
+        srv = self.server(app)
+        srv.socket, srv.clock, srv.timeout = _socket, lambda: now[0], 60.0
+        srv.board, srv.slot = bytearray(4096), 0
+        for path in (b"/slow", b"/quick", b"/quick", b"/quick"):
+            ours, theirs = socket.socketpair()
+            self.addCleanup(ours.close)
+            self.addCleanup(theirs.close)
+            theirs.sendall(request(path))
+            self.assertTrue(srv.serve_conn(worker.Conn(ours)))
+        self.assertEqual(self.calls[0], worker.STALL_AFTER, "the slow request is looked at")
+        self.assertGreater(self.calls[1], 50, "then its timeout is armed")
+        self.assertEqual(seen[0][-1], worker.STALL_AFTER, "the next request is looked at by STALL_AFTER, not at the timeout")
+        self.assertEqual(seen[2], seen[0], "a run of quick requests arms the alarm once, not once each")
 
 
 class Epoll:

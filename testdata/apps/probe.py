@@ -249,6 +249,23 @@ def sleep(environ, start_response):
     return ok(start_response, b"slept")
 
 
+def sleep_pid(environ, start_response):
+    """Sleeps QUERY_STRING seconds, then tells which worker served it."""
+    time.sleep(float(environ.get("QUERY_STRING") or "0"))
+    return ok(start_response, str(os.getpid()).encode())
+
+
+def drip(environ, start_response):
+    """Yields a line every 0.1 s for QUERY_STRING seconds; reports close()."""
+    start_response("200 OK", TEXT)
+
+    def chunks():
+        for _ in range(int(float(environ.get("QUERY_STRING") or "10") * 10)):
+            yield b"drip\n"
+            time.sleep(0.1)
+    return Closing(chunks())
+
+
 def slow_stream(environ, start_response):
     """Yields a first chunk, then takes a minute for the next; reports close()."""
     start_response("200 OK", TEXT)
@@ -323,7 +340,7 @@ ROUTES = {
     "/close-on-raise": close_on_raise, "/close": close_normal, "/file-wrapper": file_wrapper,
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
-    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
+    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
     "/inheritable": inheritable, "/lose-first-stop": lose_first(signal.SIGUSR1),
     "/lose-first-alarm": lose_first(signal.SIGALRM),
 }
