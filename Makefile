@@ -2,7 +2,7 @@
 
 GO ?= go
 BIN := bin/wsgibridge
-FASTPATH := bridge/fastpath/fastpath.so
+FASTPATH := bridge/wsgibridge/fastcgi/_fastpath.so
 PYTHON ?= python3
 # What the tests need from Debian (the end-to-end tests use real servers),
 # and what the benchmarks need besides.
@@ -23,7 +23,7 @@ build: $(FASTPATH)
 
 # The C fast path, for Python's stable ABI: one build loads into any
 # CPython >= 3.9. Python's headers come from python3-dev.
-$(FASTPATH): bridge/fastpath/fastpath.c
+$(FASTPATH): bridge/wsgibridge/fastcgi/fastpath.c
 	@include=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null); \
 	if ! command -v $(CC) >/dev/null || [ ! -f "$$include/Python.h" ]; then \
 		echo "$@ needs a C compiler and Python's headers: apt-get install gcc python3-dev" \

@@ -10,10 +10,11 @@ import (
 	"unsafe"
 )
 
-// fastPath is the C fast path of the FastCGI workers (fastpath/fastpath.c) built as
-// a shared object for Python's stable ABI, embedded by make build
-// (fastpath_embed.go, build tag fastpath); nil in a binary built without
-// it, whose workers read requests in Python.
+// fastPath is the C fast path of the FastCGI workers
+// (wsgibridge/fastcgi/fastpath.c) built as a shared object for Python's
+// stable ABI, embedded by make build (fastpath_embed.go, build tag
+// fastpath); nil in a binary built without it, whose workers read
+// requests in Python.
 var fastPath []byte
 
 // errNoFastPath says why FastCGI workers read requests in Python.

@@ -4,9 +4,11 @@ package bridge
 
 import _ "embed"
 
-// fastpath/fastpath.so is built from fastpath/fastpath.c by make build.
+// wsgibridge/fastcgi/_fastpath.so is built from fastpath.c beside it by
+// make build (named for the module it defines, _fastpath, so that it
+// cannot stand in for fastpath.py).
 //
-//go:embed fastpath/fastpath.so
+//go:embed wsgibridge/fastcgi/_fastpath.so
 var fastPathObject []byte
 
 func init() { fastPath = fastPathObject }

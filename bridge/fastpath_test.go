@@ -13,7 +13,7 @@ import (
 )
 
 // fastPathObjectFile is where make builds the C fast path.
-const fastPathObjectFile = "fastpath/fastpath.so"
+const fastPathObjectFile = "wsgibridge/fastcgi/_fastpath.so"
 
 func TestMain(m *testing.M) {
 	if err := loadFastPath(); err != nil {

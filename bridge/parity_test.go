@@ -14,10 +14,9 @@ import (
 // parityScript runs the worker's make_environ (the environ rules of a
 // worker serving FastCGI itself) on each environ read from stdin.
 const parityScript = `
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("w", "worker.py")
-w = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(w)
+import json, sys
+sys.path.insert(0, ".")
+from wsgibridge.fastcgi import environ as w
 out = []
 for pairs in json.load(sys.stdin):
     try:

@@ -61,7 +61,7 @@ func TestWorkerCodeCache(t *testing.T) {
 		assert.Equal(t, "Hello, world!", rec.body.String())
 	}
 	serve()
-	files, err := filepath.Glob(filepath.Join(cache, "worker-"+workerHash+"-*.code"))
+	files, err := filepath.Glob(filepath.Join(cache, "worker-"+pipeBundle().hash+"-*.code"))
 	require.NoError(t, err)
 	require.Len(t, files, 1, "the compiled worker is cached")
 

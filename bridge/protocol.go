@@ -30,7 +30,6 @@ package bridge
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 )
 
@@ -126,44 +125,4 @@ func appendPyStr(b []byte, s string) []byte {
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
 	}
 	return append(b, s...)
-}
-
-// bootstrap is what python runs with -c: it reads the worker's source (n
-// bytes) from fd 3, so the process list shows a short command, and runs it.
-// Compiling the source costs about 3 ms, a fifth of a cold CGI request; so
-// with a cache folder (one only this user can write: see PrivateDir) the
-// compiled code is kept there, named by the source's hash and the
-// interpreter's bytecode magic number, and reused by later starts.
-func bootstrap(n int, cacheDir, hash string) string {
-	return fmt.Sprintf(`import os
-n = %d
-b = bytearray()
-while len(b) < n:
-    c = os.read(3, n - len(b))
-    if not c:
-        raise SystemExit("wsgibridge worker: fd 3 closed before the worker source arrived")
-    b += c
-d = %q
-code = None
-if d:
-    import marshal, _frozen_importlib_external as fie
-    p = "%%s/worker-%s-%%s.code" %% (d, fie.MAGIC_NUMBER.hex())
-    try:
-        with open(p, "rb") as f:
-            code = marshal.load(f)
-    except (OSError, ValueError, EOFError, TypeError):
-        pass
-if code is None:
-    code = compile(bytes(b), "wsgibridge/worker.py", "exec")
-    if d:
-        try:
-            t = "%%s.%%d" %% (p, os.getpid())
-            with open(t, "wb") as f:
-                marshal.dump(code, f)
-            os.replace(t, p)
-        except OSError:
-            pass
-del n, b, d
-exec(code)
-`, n, cacheDir, hash)
 }

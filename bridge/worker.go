@@ -7,9 +7,6 @@ package bridge
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	_ "embed"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,15 +22,6 @@ import (
 	"syscall"
 	"time"
 )
-
-//go:embed worker.py
-var workerSource []byte
-
-// workerHash names the worker's cached compiled code.
-var workerHash = func() string {
-	sum := sha256.Sum256(workerSource)
-	return hex.EncodeToString(sum[:8])
-}()
 
 // Config says how to start a worker.
 type Config struct {
@@ -240,7 +228,11 @@ func Start(cfg Config) (*Worker, error) {
 		toPy.Close()
 		return nil, fmt.Errorf("bridge: worker pipe: %w", err)
 	}
-	args := []string{"-c", bootstrap(len(workerSource), cfg.CacheDir, workerHash)}
+	code := pipeBundle()
+	if cfg.FastCGI != nil {
+		code = fastCGIBundle()
+	}
+	args := []string{"-c", bootstrap(len(code.data), cfg.CacheDir, code.hash)}
 	files := []*os.File{pyIn, pyOut}
 	if cfg.FastCGI != nil {
 		args = append(args, cfg.FastCGI.args()...)
@@ -290,8 +282,9 @@ func Start(cfg Config) (*Worker, error) {
 		w.waitErr = cmd.Wait()
 		close(w.exited)
 	}()
-	// The source fits in the pipe's buffer: this write does not block.
-	if _, err := toPy.Write(workerSource); err != nil {
+	// The worker reads its source first thing; until it does, this write
+	// waits for room in the pipe.
+	if _, err := toPy.Write(code.data); err != nil {
 		w.Kill()
 		return nil, fmt.Errorf("bridge: send worker source: %w", err)
 	}

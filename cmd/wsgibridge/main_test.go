@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 		// shipped binary does, and with the workers' C fast path when
 		// make has built it (CI always has).
 		args := []string{"build", "-o", binary}
-		if _, err := os.Stat("../../bridge/fastpath/fastpath.so"); err == nil {
+		if _, err := os.Stat("../../bridge/wsgibridge/fastcgi/_fastpath.so"); err == nil {
 			args = append(args, "-tags", "fastpath")
 			fastPathBuilt = true
 		} else if os.Getenv("CI") == "true" {

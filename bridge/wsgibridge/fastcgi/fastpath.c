@@ -11,15 +11,15 @@
  * request() and head() handle only what is plain; for anything else (a
  * record of another type or request, a request not yet whole in the
  * buffer, a malformed, oversized or refused one; headers that break a
- * rule) they return None, leaving the buffer as it was, and worker.py's
- * reference in Python does the work instead (read_params and
- * make_environ; header_block). So the C never has to judge or report a
+ * rule) they return None, leaving the buffer as it was, and the reference
+ * in Python does the work instead (request.py's read_params, environ.py's
+ * make_environ, wsgi.py's header_block). So the C never has to judge or report a
  * bad request or a broken app, and what it returns is what the Python
  * would have.
  *
  * Built against the limited API of Python 3.9 (abi3), so one build loads
- * into any CPython 3.9 or later; worker.py serves without it when it does
- * not load.
+ * into any CPython 3.9 or later (fastpath.py loads it); the worker serves
+ * without it when it does not load.
  */
 #define _GNU_SOURCE /* accept4 */
 #define Py_LIMITED_API 0x03090000
@@ -367,7 +367,7 @@ PyDoc_STRVAR(request_doc,
 "(next, rid, keep, stdin_ended, (environ, content_length, to_eof))\n\n"
 "Reads a request's BEGIN_REQUEST and PARAMS records from buf[start:end]\n"
 "(a bytearray), and its STDIN's end when it follows at once, and makes\n"
-"its environ as worker.py's make_environ does (mount: None, or the mount\n"
+"its environ as environ.py's make_environ does (mount: None, or the mount\n"
 "point's latin-1 bytes). next is where the unread records begin. None:\n"
 "the records are not all there or not plain (see the top of fastpath.c),\n"
 "the params are over max_bytes or max_pairs, or make_environ would refuse\n"
@@ -535,7 +535,7 @@ check_header(const unsigned char *block, Py_ssize_t name, Py_ssize_t value, Py_s
 
 PyDoc_STRVAR(head_doc,
 "head(status, headers) -> None or (block, content_length or None)\n\n"
-"The CGI header block for a status and header list, as worker.py's\n"
+"The CGI header block for a status and header list, as wsgi.py's\n"
 "header_block makes it; None where header_block would raise, or the\n"
 "types are not the plain ones (str, a list of 2-tuples of str).");
 

@@ -1,0 +1,89 @@
+"""The FastCGI wire format (FastCGI 1.0, section 3): record headers, the
+name-value pairs of PARAMS and GET_VALUES, and the records that carry a
+response (STDOUT, END_REQUEST). Reading records off a connection is
+connection's; what a request's records mean is request's.
+"""
+
+import struct
+
+FCGI_BEGIN, FCGI_ABORT, FCGI_END, FCGI_PARAMS, FCGI_STDIN, FCGI_STDOUT = 1, 2, 3, 4, 5, 6
+FCGI_DATA, FCGI_GET_VALUES, FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE = 8, 9, 10, 11
+FCGI_RESPONDER, FCGI_KEEP_CONN = 1, 1
+REQUEST_COMPLETE, CANT_MPX_CONN, UNKNOWN_ROLE = 0, 1, 3
+RECORD = struct.Struct(">BBHHBx")
+END_REQUEST = struct.Struct(">BBHHBxIB3x")
+MAX_RECORD_CONTENT = 65528  # a multiple of 8: full records need no padding
+MAX_PARAMS_BYTES = 256 * 1024
+MAX_PARAMS = 1000
+
+
+class ConnClosed(Exception):
+    """The connection ended or broke, or carried what is not FastCGI; it
+    is closed without a reply."""
+
+
+def end_request(rid, status=REQUEST_COMPLETE):
+    return END_REQUEST.pack(1, FCGI_END, rid, 8, 0, 0, status)
+
+
+PADDING = [bytes(n) for n in range(8)]
+
+
+# end_records by request id: web servers number the requests of a
+# connection 1, or a few more.
+ENDS = {}
+
+
+def end_records(rid):
+    """The empty STDOUT record that ends a response, and END_REQUEST."""
+    tail = ENDS.get(rid)
+    if tail is None:
+        tail = RECORD.pack(1, FCGI_STDOUT, rid, 0, 0) + end_request(rid)
+        if len(ENDS) < 64:
+            ENDS[rid] = tail
+    return tail
+
+
+def stdout_records(rid, data, parts):
+    """Appends data to parts as FCGI_STDOUT records, the content by
+    reference, not copied."""
+    if len(data) > MAX_RECORD_CONTENT:
+        data = memoryview(data)
+    for i in range(0, len(data), MAX_RECORD_CONTENT):
+        chunk = data[i:i + MAX_RECORD_CONTENT]
+        n = len(chunk)
+        pad = -n & 7
+        parts.append(RECORD.pack(1, FCGI_STDOUT, rid, n, pad))
+        parts.append(chunk)
+        if pad:
+            parts.append(bytes(pad))
+
+
+def decode_pairs(data, pairs, limit):
+    """Adds the name-value pairs in data to the pairs dict (latin-1 str)."""
+    text = str(data, "latin-1")  # one decode; the pairs are slices of it
+    i, n = 0, len(data)
+    # Inline, not by a helper, and short lengths (one byte each, nearly
+    # all of them) first: this loop runs for every variable of every request.
+    try:
+        while i < n:
+            ln = data[i]
+            lv = data[i + 1]
+            if (ln | lv) >= 128:
+                if ln >= 128:
+                    ln = int.from_bytes(data[i:i + 4], "big") & 0x7FFFFFFF
+                    i += 3
+                lv = data[i + 1]
+                if lv >= 128:
+                    lv = int.from_bytes(data[i + 1:i + 5], "big") & 0x7FFFFFFF
+                    i += 3
+            i += 2
+            j = i + ln
+            i = j + lv
+            pairs[text[j - ln:j]] = text[j:i]
+    except IndexError:
+        raise ConnClosed("malformed params") from None
+    if i != n:
+        raise ConnClosed("malformed params")
+    if len(pairs) > limit:
+        raise ConnClosed("more than %d params" % limit)

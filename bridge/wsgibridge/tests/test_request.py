@@ -1,0 +1,187 @@
+"""A FastCGI request read off a connection and run (wsgibridge.fastcgi.request
+and response)."""
+
+import contextlib
+import io
+import unittest
+
+from wsgibridge import spool
+from wsgibridge.fastcgi import connection, records
+from wsgibridge.tests.support import Closing, END, FAST, Servers, Wire, echo, parse, record, request
+
+
+class FastCGIServeTest(Servers, unittest.TestCase):
+    """One request through FastCGIServer.serve_conn: what goes out, in
+    which writes, and whether the connection is kept."""
+
+    def serve(self, app, path=b"/"):
+        ctl = io.BytesIO()
+        srv = self.server(app, ctl)
+        wire = self.wire = Wire(request(path))
+        conn = connection.Conn(wire)
+        with contextlib.redirect_stderr(io.StringIO()):  # the tracebacks of the apps that raise
+            kept = srv.serve_conn(conn)
+        return wire.sends, kept, parse(ctl.getvalue())
+
+    def test_a_generator_ends_with_its_content_length(self):
+        events = []
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "5")])
+
+            def body():
+                yield b"hello"
+                events.append("resumed")
+            return Closing(body(), events)
+        sends, kept, _ = self.serve(app)
+        self.assertEqual(len(sends), 1, "body and END_REQUEST in one write")
+        self.assertIn(b"\r\n\r\nhello", sends[0])
+        self.assertTrue(sends[0].endswith(records.end_records(1)))
+        self.assertEqual(events, ["resumed", "closed"], "the iterable still runs to its end and is closed")
+        self.assertTrue(kept)
+
+    def test_a_response_that_iterates_a_list_goes_in_one_write_before_close(self):
+        events = []
+        test = self
+
+        class Response:  # as Django's HttpResponse: no length, iterates its list
+            def __iter__(self):
+                return iter([b"hel", b"lo"])
+
+            def close(self):
+                events.append(len(test.wire.sends))
+
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            return Response()
+        sends, kept, _ = self.serve(app)
+        self.assertEqual(len(sends), 1)
+        self.assertIn(b"\r\n\r\nhello", sends[0])
+        self.assertTrue(sends[0].endswith(records.end_records(1)))
+        self.assertEqual(events, [1], "the response was out when close() ran")
+        self.assertTrue(kept)
+
+    def test_a_generator_without_length_ends_after_it(self):
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            yield b"hello"
+        sends, kept, _ = self.serve(app)
+        self.assertEqual(len(sends), 2)
+        self.assertEqual(sends[1], records.end_records(1))
+        self.assertTrue(kept)
+
+    @staticmethod
+    def hello_then_raise(length):
+        """An app that yields b"hello" under the given Content-Length, then raises."""
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", str(length))])
+            yield b"hello"
+            raise RuntimeError("late")
+        return app
+
+    def test_an_error_after_the_whole_body_keeps_the_connection(self):
+        sends, kept, log = self.serve(self.hello_then_raise(5))
+        self.assertEqual(len(sends), 1)
+        self.assertEqual(b"".join(sends).count(END), 1)
+        self.assertTrue(kept, "the client has its whole response; the connection serves on")
+        self.assertIn("late", b"".join(payload for kind, _, payload in log if kind == "L").decode())
+
+    def test_an_error_before_the_whole_body_closes_the_connection(self):
+        sends, kept, _ = self.serve(self.hello_then_raise(10))
+        self.assertNotIn(END, b"".join(sends), "no END_REQUEST for a response cut short")
+        self.assertFalse(kept, "closing is how the web server learns it")
+
+    def test_a_request_in_two_pieces_waits_for_the_second_without_the_app(self):
+        data = request(b"/", body=(b"hello", b" world"))
+        for cut in range(1, len(data)):
+            calls = []
+
+            def app(environ, start_response):
+                calls.append(1)
+                return echo(environ, start_response)
+            srv = self.server(app)
+            wire = Wire(data[:cut])
+            conn = connection.Conn(wire)
+            self.assertTrue(srv.serve_conn(conn), cut)
+            self.assertEqual((calls, wire.sends), ([], []), "cut at %d: nothing runs before the rest" % cut)
+            self.assertFalse(conn.movable(), "cut at %d: part of a request is held here" % cut)
+            wire.data = data[cut:]
+            self.assertTrue(srv.serve_conn(conn), cut)
+            self.assertEqual(calls, [1], cut)
+            self.assertEqual(len(wire.sends), 1, cut)
+            self.assertIn(b"\r\n\r\nhello world", wire.sends[0], cut)
+            self.assertTrue(wire.sends[0].endswith(END), cut)
+            self.assertTrue(conn.movable(), "cut at %d: the request is done" % cut)
+
+    def test_an_abort_while_the_body_comes_drops_it(self):
+        data = request(b"/", body=(b"x" * 1000,))
+        stdin_end = record(records.FCGI_STDIN, 1, b"")
+        srv = self.server(echo)
+        wire = Wire(data[:-len(stdin_end)])
+        conn = connection.Conn(wire)
+        self.assertTrue(srv.serve_conn(conn))
+        self.assertEqual(spool.Body.held, 1000)
+        wire.data = record(records.FCGI_ABORT, 1, b"")
+        self.assertTrue(srv.serve_conn(conn))
+        self.assertEqual(wire.sends, [END], "END_REQUEST alone: the app never ran")
+        self.assertEqual(spool.Body.held, 0, "the body's memory is given back")
+        self.assertTrue(conn.movable())
+
+
+class Gone(Wire):
+    """A connection whose web server went away after the first send."""
+
+    def send(self, data, flags=0):
+        if self.sends:
+            raise BrokenPipeError(32, "Broken pipe")
+        return Wire.send(self, data, flags)
+
+
+class FastCGIGoneTest(Servers, unittest.TestCase):
+    """A web server that goes away while the app streams: the app is
+    stopped as by an abort, and the request is one access-log line with
+    status 499 and the bytes that were sent, not an app error."""
+
+    def test_the_app_is_stopped_and_the_request_logged_as_given_up(self):
+        events = []
+
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            try:
+                for _ in range(100):
+                    yield b"chunk"
+                    events.append("yielded")
+            finally:
+                events.append("finally")
+        ctl = io.BytesIO()
+        srv = self.server(app, ctl)
+        srv.access_log = True
+        wire = Gone(request(b"/stream"))
+        conn = connection.Conn(wire)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            kept = srv.serve_conn(conn)
+        self.assertFalse(kept, "the connection is closed")
+        self.assertEqual(events, ["yielded", "finally"], "stopped at the write that failed")
+        self.assertEqual(err.getvalue(), "", "no traceback")
+        out = parse(ctl.getvalue())
+        self.assertEqual([kind for kind, _, _ in out], ["A"], "one line: the access log's, no app error")
+        method, uri, status, sent, _ = out[0][2].split(b"\0")
+        self.assertEqual((method, status, sent), (b"GET", b"499", b"5"))
+
+    def test_head_logs_no_body_bytes(self):
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "5")])
+            return [b"hello"]
+        ctl = io.BytesIO()
+        srv = self.server(app, ctl)
+        srv.access_log = True
+        wire = Wire(request(b"/", method=b"HEAD"))
+        self.assertTrue(srv.serve_conn(connection.Conn(wire)))
+        self.assertNotIn(b"hello", b"".join(wire.sends))
+        _, _, status, sent, _ = parse(ctl.getvalue())[0][2].split(b"\0")
+        self.assertEqual((status, sent), (b"200", b"0"), "the access log counts what was sent")
+
+
+@unittest.skipIf(FAST is None, "no WSGIBRIDGE_FASTPATH")
+class FastCGIServeFastPathTest(FastCGIServeTest):
+    fast = True

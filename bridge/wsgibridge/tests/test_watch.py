@@ -1,0 +1,47 @@
+"""The alarm that watches a running FastCGI request (wsgibridge.fastcgi.watch)."""
+
+import unittest
+
+from wsgibridge.fastcgi import connection, watch
+from wsgibridge.tests.support import Servers, request
+
+
+class WatchTest(Servers, unittest.TestCase):
+    """Every request of a FastCGI worker gets the look of the alarm at
+    STALL_AFTER, whatever an earlier request left armed (its timeout)."""
+
+    def setUp(self):
+        self.calls = []
+        real = watch._signal.setitimer
+        watch._signal.setitimer = lambda which, delay, again=0: self.calls.append(delay)
+        self.addCleanup(setattr, watch._signal, "setitimer", real)
+
+    def test_a_request_after_a_slow_one_is_looked_at_in_time(self):
+        import _socket
+        import socket
+        now = [100.0]
+        seen = []
+
+        def app(environ, start_response):
+            path = environ["PATH_INFO"]
+            if path == "/slow":
+                now[0] += 2 * watch.STALL_AFTER
+                srv.on_alarm(watch._signal.SIGALRM, None)  # the alarm fires: a stall
+            else:
+                seen.append(list(self.calls))
+            now[0] += 0.001
+            start_response("200 OK", [])
+            return [b"x"]
+        srv = self.server(app)
+        srv.socket, srv.clock, srv.timeout = _socket, lambda: now[0], 60.0
+        srv.board, srv.slot = bytearray(4096), 0
+        for path in (b"/slow", b"/quick", b"/quick", b"/quick"):
+            ours, theirs = socket.socketpair()
+            self.addCleanup(ours.close)
+            self.addCleanup(theirs.close)
+            theirs.sendall(request(path))
+            self.assertTrue(srv.serve_conn(connection.Conn(ours)))
+        self.assertEqual(self.calls[0], watch.STALL_AFTER, "the slow request is looked at")
+        self.assertGreater(self.calls[1], 50, "then its timeout is armed")
+        self.assertEqual(seen[0][-1], watch.STALL_AFTER, "the next request is looked at by STALL_AFTER, not at the timeout")
+        self.assertEqual(seen[2], seen[0], "a run of quick requests arms the alarm once, not once each")
