@@ -1,8 +1,9 @@
 package bridge
 
 // This file holds the framed protocol between the bridge and a Python
-// worker (worker.py). The worker reads frames on its fd 3 and writes frames
-// on its fd 4; its stdin, stdout and stderr are never part of it.
+// worker (wsgibridge/frames.py is the worker's side). The worker reads
+// frames on its fd 3 and writes frames on its fd 4; its stdin, stdout and
+// stderr are never part of it.
 //
 // Every frame is an 8-byte header and a payload:
 //
@@ -31,6 +32,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 )
 
 const headerLen = 8
@@ -125,4 +127,15 @@ func appendPyStr(b []byte, s string) []byte {
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
 	}
 	return append(b, s...)
+}
+
+// logLevel is the level of an L frame's flags.
+func logLevel(flags byte) slog.Level {
+	switch flags {
+	case logWarn:
+		return slog.LevelWarn
+	case logError:
+		return slog.LevelError
+	}
+	return slog.LevelInfo
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wsgibridge/wsgibridge/bridge"
 	"github.com/wsgibridge/wsgibridge/cgi"
+	"github.com/wsgibridge/wsgibridge/handoff"
 )
 
 func runCGIFlags(args, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
@@ -107,7 +108,10 @@ func serveCGI(s settings, script string, log *slog.Logger, environ []string, std
 	defer stop()
 
 	if s.pool != "" {
-		served, err := handOff(ctx, s, script, environ, req, stdout, stderr, log)
+		served, err := handoff.Serve(ctx, handoff.Config{
+			Pool: s.pool, Spawn: s.spawn, Script: script, App: s.app, Python: s.python, Dir: s.chdir,
+			PythonPath: s.pythonpath, Env: s.env, Workers: s.workers, IdleTimeout: s.idleTimeout, Logger: log,
+		}, environ, req, stdout, stderr)
 		if served {
 			if err != nil {
 				log.Error("request failed in the pool", "method", lookup(environ, "REQUEST_METHOD"), "uri", lookup(environ, "REQUEST_URI"), "err", err)

@@ -1,7 +1,7 @@
 package main
 
 // This file holds what the long-running modes (fastcgi, http) share: the
-// pool flags, the gateway from a front to the pool, and the signal loop.
+// pool flags, starting the pool, and the signal loop.
 
 import (
 	"context"
@@ -19,6 +19,11 @@ import (
 
 	"github.com/wsgibridge/wsgibridge/bridge"
 )
+
+// mountKeep as --mount takes SCRIPT_NAME and PATH_INFO as the web server
+// sent them (what the CGI hand-off's daemon uses, and right for carefully
+// configured servers).
+const mountKeep = "keep"
 
 // daemonFlags are the flags of the modes that keep a pool of workers.
 type daemonFlags struct {
@@ -68,23 +73,23 @@ func (d *daemonFlags) newFlagSet(mode string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// serve starts the pool, starts the front with the gateway to it, and
-// runs the signal loop until the daemon stops. front starts serving in the
-// background and returns a channel that reports it stopping by itself, and
-// its graceful stop. l is closed if the pool cannot start.
-func (d *daemonFlags) serve(log *slog.Logger, l net.Listener, front func(*gateway) (<-chan error, func(context.Context) error)) int {
+// serve starts the pool, starts the front in front of it, and runs the
+// signal loop until the daemon stops. front starts serving in the
+// background (started is when the pool began importing the app) and
+// returns a channel that reports it stopping by itself, and its graceful
+// stop. l is closed if the pool cannot start.
+func (d *daemonFlags) serve(log *slog.Logger, l net.Listener, front func(pool *bridge.Pool, started time.Time) (<-chan error, func(context.Context) error)) int {
 	started := time.Now()
 	pool, code := d.startPool(log)
 	if code != exitOK {
 		l.Close()
 		return code
 	}
-	g := newGateway(pool, started, d, log)
-	serveErr, shutdown := front(g)
+	serveErr, shutdown := front(pool, started)
 	if err := releaseExecutable(); err != nil {
 		log.Debug("the memory of starting up is kept", "err", err)
 	}
-	return d.run(log, pool, g, serveErr, shutdown)
+	return d.run(log, pool, serveErr, shutdown)
 }
 
 // setup parses the flags and the app argument (an app or a script file)
@@ -163,7 +168,7 @@ func (d *daemonFlags) startPool(log *slog.Logger) (*bridge.Pool, int) {
 // one stops at once), SIGHUP reloads the app; with --idle-timeout it also
 // stops after that long without requests. serveErr reports the front
 // stopping by itself; shutdown stops the front gracefully.
-func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, g *gateway, serveErr <-chan error, shutdown func(context.Context) error) int {
+func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, serveErr <-chan error, shutdown func(context.Context) error) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -177,7 +182,7 @@ func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, g *gateway, serve
 		var sig os.Signal
 		select {
 		case <-idle:
-			if g.idleFor() < d.idleTimeout {
+			if pool.IdleFor() < d.idleTimeout {
 				continue
 			}
 			log.Info("no requests for the idle timeout: stopping", "idle_timeout", d.idleTimeout)

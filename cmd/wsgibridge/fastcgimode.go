@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/wsgibridge/wsgibridge/bridge"
 
@@ -69,8 +70,8 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	d.fastcgi = &bridge.FastCGIConfig{Listener: lf, Mount: d.mount, KeepMount: d.mount == mountKeep,
 		Timeout: d.timeout, Workers: d.workers, ReloadOnChange: d.reloadOnChange,
 		AllowedAddrs: allowed, AccessLog: d.accessLog}
-	return d.serve(log, l, func(g *gateway) (<-chan error, func(context.Context) error) {
-		log.Info("serving FastCGI", "listen", l.Addr().String(), "app", d.s.app, "workers", g.pool.Stats().Pids)
+	return d.serve(log, l, func(pool *bridge.Pool, _ time.Time) (<-chan error, func(context.Context) error) {
+		log.Info("serving FastCGI", "listen", l.Addr().String(), "app", d.s.app, "workers", pool.Stats().Pids)
 		if err := bridge.FastPath(); err != nil {
 			log.Warn("workers read requests in Python, which costs more CPU per request", "err", err)
 		}

@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/wsgibridge/wsgibridge/bridge"
 	"github.com/wsgibridge/wsgibridge/fastcgi"
+	"github.com/wsgibridge/wsgibridge/gateway"
 )
 
 func runHTTP(args []string, stderr io.Writer) int {
@@ -27,7 +29,9 @@ func runHTTP(args []string, stderr io.Writer) int {
 		log.Error("cannot listen", "err", err)
 		return exitFailed
 	}
-	return d.serve(log, l, func(g *gateway) (<-chan error, func(context.Context) error) {
+	return d.serve(log, l, func(pool *bridge.Pool, started time.Time) (<-chan error, func(context.Context) error) {
+		g := gateway.New(gateway.Config{Pool: pool, Mount: d.mount, KeepMount: d.mount == mountKeep,
+			AccessLog: d.accessLog, ReloadOnChange: d.reloadOnChange, Started: started, Logger: log})
 		srv := &http.Server{
 			Handler:           g,
 			ReadHeaderTimeout: 10 * time.Second,
@@ -40,7 +44,7 @@ func runHTTP(args []string, stderr io.Writer) int {
 				serveErr <- err
 			}
 		}()
-		log.Info("serving HTTP", "url", "http://"+l.Addr().String()+"/", "app", d.s.app, "workers", g.pool.Stats().Pids)
+		log.Info("serving HTTP", "url", "http://"+l.Addr().String()+"/", "app", d.s.app, "workers", pool.Stats().Pids)
 		return serveErr, srv.Shutdown
 	})
 }

@@ -22,7 +22,7 @@ type settings struct {
 	chdir      string
 	pythonpath []string
 	env        []string
-	// CGI hand-off (handoff.go): the pool's socket, whether to start
+	// CGI hand-off (package handoff): the pool's socket, whether to start
 	// its daemon, and the daemon's idle timeout.
 	pool        string
 	spawn       bool

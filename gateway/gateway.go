@@ -1,6 +1,11 @@
-package main
-
-// This file holds the gateway from the HTTP front to the pool.
+// Package gateway is the front of the http mode: it serves each HTTP
+// request on a pool of workers (bridge.Pool), the request made into a CGI
+// environ as a web server would make it (RFC 3875) and the worker's CGI
+// response into an HTTP one. It logs each request (failures always, the
+// rest with an access log) and, when asked, reloads the pool before a
+// request when the app's source files changed. The listener and the
+// http.Server around it are the command's.
+package gateway
 
 import (
 	"bytes"
@@ -9,109 +14,56 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/wsgibridge/wsgibridge/bridge"
 )
 
-// gateway serves requests from a front on the pool.
-type gateway struct {
-	pool      *bridge.Pool
-	mount     string // mountKeep: as the server sent it
-	log       *slog.Logger
-	accessLog bool
-	watch     *codeWatch // nil: no reload on change
-
-	active   atomic.Int64
-	lastSeen atomic.Int64 // unix nanoseconds of the last request's start or end
-	served   uint64       // the pool's Activity count when idleFor last looked
+// Config says how a Gateway serves.
+type Config struct {
+	// Pool runs the requests.
+	Pool *bridge.Pool
+	// Mount is the app's SCRIPT_NAME (see bridge.Mount), unless KeepMount
+	// leaves SCRIPT_NAME and PATH_INFO as the request has them.
+	Mount     string
+	KeepMount bool
+	// AccessLog logs every request; failed ones are logged either way.
+	AccessLog bool
+	// ReloadOnChange reloads the pool before a request when one of the
+	// app's own source files changed since the workers imported it,
+	// which began at Started.
+	ReloadOnChange bool
+	Started        time.Time
+	// Logger receives the log lines; nil means slog.Default().
+	Logger *slog.Logger
 }
 
-// mountKeep as --mount takes SCRIPT_NAME and PATH_INFO as the web server
-// sent them (right for CGI hand-offs and carefully configured servers).
-const mountKeep = "keep"
+// Gateway serves HTTP requests on a pool.
+type Gateway struct {
+	cfg   Config
+	log   *slog.Logger
+	watch *codeWatch // nil: no reload on change
+}
 
-func newGateway(pool *bridge.Pool, started time.Time, d *daemonFlags, log *slog.Logger) *gateway {
-	g := &gateway{pool: pool, mount: d.mount, log: log, accessLog: d.accessLog}
-	if d.reloadOnChange {
-		g.watch = newCodeWatch(pool.AppFiles(), started)
+var _ http.Handler = (*Gateway)(nil)
+
+// New returns a Gateway for cfg.
+func New(cfg Config) *Gateway {
+	g := &Gateway{cfg: cfg, log: cfg.Logger}
+	if g.log == nil {
+		g.log = slog.Default()
 	}
-	g.lastSeen.Store(time.Now().UnixNano())
+	if cfg.ReloadOnChange {
+		g.watch = newCodeWatch(cfg.Pool.AppFiles(), cfg.Started)
+	}
 	return g
-}
-
-// idleFor returns how long no request has been in progress.
-func (g *gateway) idleFor() time.Duration {
-	// Workers serving FastCGI themselves count their requests on the
-	// pool's board instead.
-	if served, busy := g.pool.Activity(); busy || served != g.served {
-		g.served = served
-		g.lastSeen.Store(time.Now().UnixNano())
-	}
-	if g.active.Load() > 0 {
-		return 0
-	}
-	return time.Since(time.Unix(0, g.lastSeen.Load()))
-}
-
-// codeWatch notices when the app's source files change.
-type codeWatch struct {
-	mu    sync.Mutex
-	mtime map[string]time.Time
-}
-
-// newCodeWatch watches files as the workers imported them, the import
-// having begun at since.
-func newCodeWatch(files []string, since time.Time) *codeWatch {
-	w := &codeWatch{}
-	w.snapshot(files, since)
-	return w
-}
-
-// snapshot records the files' mtimes. A file changed after since (or just
-// before: file times are coarse) is recorded as changed already, as the
-// workers may have imported its old code. Its change time says so, not
-// its mtime: an mtime can be set ahead, and a file touched ahead while
-// the workers imported would otherwise never count as changed.
-func (w *codeWatch) snapshot(files []string, since time.Time) {
-	w.mtime = map[string]time.Time{}
-	now := time.Now()
-	for _, f := range files {
-		fi, err := os.Stat(f)
-		if err != nil {
-			continue
-		}
-		w.mtime[f] = fi.ModTime()
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			continue
-		}
-		// A change time ahead of the clock (the clock was set back) is no
-		// sign of anything; counting it would reload on every request.
-		if ctime := time.Unix(st.Ctim.Unix()); ctime.After(since.Add(-20*time.Millisecond)) && !ctime.After(now) {
-			w.mtime[f] = time.Time{}
-		}
-	}
-}
-
-func (w *codeWatch) changed() string {
-	for f, t := range w.mtime {
-		if fi, err := os.Stat(f); err != nil || !fi.ModTime().Equal(t) {
-			return f
-		}
-	}
-	return ""
 }
 
 // check reloads the pool before a request if the app's code changed, so
 // the request runs the new code; requests wait while it reloads.
-func (g *gateway) check() {
+func (g *Gateway) check() {
 	w := g.watch
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -121,31 +73,24 @@ func (g *gateway) check() {
 	}
 	g.log.Info("the app's code changed: reloading", "file", f)
 	since := time.Now()
-	if err := g.pool.Reload(); err != nil {
+	if err := g.cfg.Pool.Reload(); err != nil {
 		g.log.Error("reload failed; the running workers stay", "err", err)
 	}
-	w.snapshot(g.pool.AppFiles(), since)
+	w.snapshot(g.cfg.Pool.AppFiles(), since)
 }
-
-var _ http.Handler = (*gateway)(nil)
 
 // serve runs one request and logs it; it reports whether the response was
 // cut short, which the front must make visible to the client.
-func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, rw bridge.ResponseWriter) (cutShort bool) {
+func (g *Gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, rw bridge.ResponseWriter) (cutShort bool) {
 	start := time.Now()
-	g.active.Add(1)
-	defer func() {
-		g.lastSeen.Store(time.Now().UnixNano())
-		g.active.Add(-1)
-	}()
 	if g.watch != nil {
 		g.check()
 	}
-	if g.mount != mountKeep {
-		env = bridge.Mount(env, g.mount)
+	if !g.cfg.KeepMount {
+		env = bridge.Mount(env, g.cfg.Mount)
 	}
-	res, err := g.pool.Serve(ctx, &bridge.Request{Env: env, Body: body}, rw)
-	if err != nil || g.accessLog {
+	res, err := g.cfg.Pool.Serve(ctx, &bridge.Request{Env: env, Body: body}, rw)
+	if err != nil || g.cfg.AccessLog {
 		var method, uri string
 		for _, v := range env {
 			switch v.Name {
@@ -168,7 +113,7 @@ func (g *gateway) serve(ctx context.Context, env []bridge.Var, body io.Reader, r
 
 // ServeHTTP serves a request from the HTTP front: the request becomes a
 // CGI environ as a web server would make it (RFC 3875).
-func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if g.serve(r.Context(), httpEnv(r), r.Body, &httpWriter{w: w}) {
 		// Makes net/http close the connection: a truncated response
 		// instead of one that looks complete.

@@ -1,0 +1,203 @@
+package bridge
+
+// This file holds a pool's queue: its idle workers, and the requests
+// waiting for one (those Serve sends over the frames, the http mode's),
+// in order, bounded by Backlog and by the timeout; a request no worker
+// can take gets 503. FastCGI workers take their requests from the
+// listening socket themselves; the idle list only holds them.
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// add makes a ready member available: to the first waiting request, or
+// to the idle list.
+func (p *Pool) add(m *member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.addLocked(m)
+}
+
+func (p *Pool) addLocked(m *member) {
+	if p.closing || m.gen != p.gen {
+		m.retireNow(true)
+		return
+	}
+	p.live++
+	p.failing = false
+	p.handOff(m)
+}
+
+// handOff gives m to a waiter or the idle list; the caller holds p.mu.
+func (p *Pool) handOff(m *member) {
+	for len(p.waiters) > 0 {
+		ch := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		ch <- m
+		return
+	}
+	p.idle = append(p.idle, m)
+}
+
+func (p *Pool) remove(m *member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dropIdle(m)
+	if m.gen == p.gen {
+		p.live--
+	}
+}
+
+func (p *Pool) takeIdle(m *member) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dropIdle(m)
+}
+
+// dropIdle removes m from the idle list; the caller holds p.mu.
+func (p *Pool) dropIdle(m *member) bool {
+	for i, x := range p.idle {
+		if x == m {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Pool) wakeWaitersIfNoWorkers() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.failing {
+		return
+	}
+	for _, ch := range p.waiters {
+		close(ch)
+	}
+	p.waiters = nil
+}
+
+// acquire takes an idle worker, or waits for one in the queue.
+func (p *Pool) acquire(ctx context.Context) (*member, error) {
+	p.mu.Lock()
+	if p.closing {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	for n := len(p.idle); n > 0; n = len(p.idle) {
+		// The most recently used worker: its caches are warm.
+		m := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		if m.w.Usable() {
+			p.mu.Unlock()
+			return m, nil
+		}
+		m.retireNow(false) // died while idle; its slot replaces it
+	}
+	if p.failing {
+		p.mu.Unlock()
+		return nil, ErrNoWorkers
+	}
+	if len(p.waiters) >= p.cfg.Backlog {
+		now := time.Now()
+		warn := now.Sub(p.lastFull) > 10*time.Second
+		if warn {
+			p.lastFull = now
+		}
+		p.mu.Unlock()
+		if warn {
+			p.log.Warn("every worker is busy and the queue is full: refusing requests with 503 (raise --workers or --backlog)",
+				"workers", p.cfg.Workers, "backlog", p.cfg.Backlog)
+		}
+		return nil, ErrOverloaded
+	}
+	ch := make(chan *member, 1)
+	p.waiters = append(p.waiters, ch)
+	p.mu.Unlock()
+
+	var timeout <-chan time.Time
+	if p.cfg.Timeout > 0 {
+		t := time.NewTimer(p.cfg.Timeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var err error
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			return nil, p.closedErr()
+		}
+		return m, nil
+	case <-ctx.Done():
+		err = context.Cause(ctx)
+	case <-timeout:
+		err = ErrQueueTimeout
+	}
+	p.mu.Lock()
+	for i, c := range p.waiters {
+		if c == ch {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			break
+		}
+	}
+	p.mu.Unlock()
+	// A worker may have been handed over just before we left the queue.
+	select {
+	case m, ok := <-ch:
+		if ok {
+			p.release(m)
+		}
+	default:
+	}
+	return nil, err
+}
+
+func (p *Pool) closedErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return ErrClosed
+	}
+	return ErrNoWorkers
+}
+
+// release gives a worker back after a request.
+func (p *Pool) release(m *member) {
+	if !m.w.Usable() {
+		m.retireNow(false)
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing || m.gen != p.gen || (m.limit > 0 && m.served >= m.limit) {
+		m.retireNow(true)
+		return
+	}
+	p.handOff(m)
+}
+
+// Serve runs one request on a worker of the pool. When no worker can take
+// it, the client gets 503 and Serve returns ErrOverloaded,
+// ErrQueueTimeout, ErrNoWorkers or ErrClosed; otherwise see Worker.Serve.
+func (p *Pool) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Result, error) {
+	p.active.Add(1)
+	defer func() {
+		p.lastSeen.Store(time.Now().UnixNano())
+		p.active.Add(-1)
+	}()
+	m, err := p.acquire(ctx)
+	if err != nil {
+		return Result{Status: 503}, errors.Join(err, WriteError(rw, 503))
+	}
+	if p.cfg.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, p.cfg.Timeout, p.timeoutCause)
+		defer cancel()
+	}
+	res, err := m.w.Serve(ctx, req, rw)
+	m.served++
+	p.release(m)
+	return res, err
+}

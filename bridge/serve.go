@@ -1,0 +1,401 @@
+package bridge
+
+// This file holds how a worker serves a request sent over the frames
+// (the cgi and http modes): the request and its body go out as frames,
+// the response comes back as frames and is written to a ResponseWriter,
+// and a request that must end early is stopped inside the app.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ResponseWriter is where a response goes. Both the CGI and the FastCGI
+// front write a CGI response; an HTTP front parses the header block.
+type ResponseWriter interface {
+	// WriteHeader is called once, before any body, with the status code
+	// and the CGI header block ("Status: 200 OK\r\n...\r\n\r\n").
+	WriteHeader(status int, block []byte) error
+	// Write writes body bytes.
+	Write(p []byte) (int, error)
+	// Flush passes what was written to the client now.
+	Flush() error
+}
+
+// Result tells what a request became.
+type Result struct {
+	// Status is the HTTP status sent, 0 if nothing was sent.
+	Status int
+	// BodyBytes counts the body bytes the worker produced.
+	BodyBytes int64
+	// AppError says the status is the worker's 500 page for an app error.
+	AppError bool
+	// CutShort says the headers went out but the body did not end well:
+	// the client got a truncated response.
+	CutShort bool
+}
+
+// Errors returned by Serve, wrapped with details.
+var (
+	// ErrAborted: the app failed after its headers were sent.
+	ErrAborted = errors.New("response aborted")
+	// ErrWorkerDied: the worker exited or was killed during the request.
+	ErrWorkerDied = errors.New("worker died")
+	// ErrStopped: the request's context ended (its deadline, or a signal)
+	// and the worker was killed.
+	ErrStopped = errors.New("request stopped")
+)
+
+// Serve runs one request on the worker and writes the response to rw; what
+// rw holds unflushed when Serve returns is the caller's to send. A
+// request the bridge refuses gets its error response and a *StatusError.
+//
+// When ctx ends (the client went away, a deadline, a signal) the request
+// is stopped: the worker gets SIGUSR1 and raises Stop inside the app, so
+// its iterable is closed and the worker serves on; if the request has not
+// ended within Config.StopGrace (the app is stuck where Python cannot
+// interrupt it) the worker is killed. Serve then returns an error wrapping
+// ErrStopped, and the client gets 504 if nothing was sent yet. If the
+// worker dies, the client gets 502 and the error wraps ErrWorkerDied.
+func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Result, error) {
+	env, length, toEOF, err := normalize(req.Env)
+	if err != nil {
+		var se *StatusError
+		if errors.As(err, &se) {
+			return Result{Status: se.Status}, errors.Join(err, WriteError(rw, se.Status))
+		}
+		return Result{}, err
+	}
+	w.nextID++
+	id := w.nextID
+	var flags byte
+	if req.RunOnce {
+		flags |= flagRunOnce
+	}
+	if toEOF {
+		flags |= flagInputTerminated
+	}
+	hasBody := req.Body != nil && (length > 0 || toEOF)
+
+	w.wbuf = appendHeader(w.wbuf[:0], frameRequest, flags, id, 0)
+	w.wbuf = appendEnviron(w.wbuf, env)
+	putSize(w.wbuf, len(w.wbuf)-headerLen)
+	if !hasBody {
+		w.wbuf = appendHeader(w.wbuf, frameBodyEnd, 0, id, 0)
+	}
+
+	w.mu.Lock()
+	w.current, w.stopping = id, false
+	w.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { w.stopRequest(id) })
+	defer func() {
+		stop()
+		w.mu.Lock()
+		w.current = 0
+		w.mu.Unlock()
+	}()
+	w.wmu.Lock()
+	_, werr := w.toPy.Write(w.wbuf)
+	w.wmu.Unlock()
+	var body *bodySender
+	if hasBody && werr == nil {
+		body = &bodySender{w: w, id: id, body: req.Body, remaining: length}
+		go body.run()
+		defer body.end()
+	}
+	if err := w.Ready(ctx); err != nil {
+		var ie *ImportError
+		if errors.As(err, &ie) {
+			return Result{}, err
+		}
+		return w.failed(ctx, rw, Result{}, err)
+	}
+	return w.readResponse(ctx, id, rw)
+}
+
+func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter) (Result, error) {
+	var res Result
+	// After a client write fails the worker's output is still read to
+	// its end, so the worker stays in step; the error is returned then.
+	var clientErr error
+	for {
+		h, err := readHeader(w.r, &w.hdr)
+		if err != nil {
+			return w.failed(ctx, rw, res, err)
+		}
+		if h.id != id {
+			return w.desync(ctx, rw, res, fmt.Sprintf("frame %q for request %d during request %d", h.kind, h.id, id))
+		}
+		switch h.kind {
+		case frameHead:
+			block, err := w.readPayload(h.size, maxHeadFrame)
+			if err != nil {
+				return w.failed(ctx, rw, res, err)
+			}
+			if w.stopped() {
+				continue // the request was stopped: nothing more goes out
+			}
+			if res.Status != 0 {
+				return w.desync(ctx, rw, res, "second header block")
+			}
+			status, ok := parseStatus(block)
+			if !ok {
+				return w.desync(ctx, rw, res, "header block without a Status line")
+			}
+			res.Status = status
+			clientErr = rw.WriteHeader(status, block)
+		case frameData:
+			stopped := w.stopped()
+			if (res.Status == 0 && !stopped) || h.size > maxDataFrame {
+				return w.desync(ctx, rw, res, fmt.Sprintf("body frame of %d bytes", h.size))
+			}
+			if !stopped {
+				res.BodyBytes += int64(h.size)
+			}
+			for n := int(h.size); n > 0; {
+				chunk := w.buf[:min(n, len(w.buf))]
+				if _, err := io.ReadFull(w.r, chunk); err != nil {
+					return w.failed(ctx, rw, res, err)
+				}
+				n -= len(chunk)
+				if clientErr == nil && !stopped {
+					_, clientErr = rw.Write(chunk)
+				}
+			}
+			if h.flags&flushData != 0 && clientErr == nil && !stopped {
+				clientErr = rw.Flush()
+			}
+		case frameLog:
+			msg, err := w.readPayload(h.size, maxLogFrame)
+			if err != nil {
+				return w.failed(ctx, rw, res, err)
+			}
+			w.log.Log(ctx, logLevel(h.flags), string(msg))
+		case frameFinished:
+			// No flush here: the front ends the response, so what is
+			// left goes out with its end (one write for a small one).
+			res.AppError = h.flags&finishedAppError != 0
+			if h.flags&finishedExiting != 0 {
+				w.unusable.Store(true)
+			}
+			if w.stopped() {
+				return w.stoppedResult(ctx, rw, res)
+			}
+			if clientErr != nil {
+				return res, fmt.Errorf("bridge: write response: %w", clientErr)
+			}
+			return res, nil
+		case frameAborted:
+			if h.flags&finishedExiting != 0 {
+				w.unusable.Store(true)
+			}
+			msg, err := w.readPayload(h.size, maxLogFrame)
+			if err != nil {
+				return w.failed(ctx, rw, res, err)
+			}
+			if w.stopped() {
+				return w.stoppedResult(ctx, rw, res)
+			}
+			if clientErr == nil {
+				clientErr = rw.Flush()
+			}
+			res.CutShort = true
+			return res, errors.Join(fmt.Errorf("bridge: %w: %s", ErrAborted, msg), clientErr)
+		default:
+			return w.desync(ctx, rw, res, fmt.Sprintf("unknown frame %q", h.kind))
+		}
+	}
+}
+
+// stopAgain is how often a stopped request that goes on is signalled
+// again: CPython handles a signal that lands just before a blocking call
+// (a sleep, a read) only when the call returns, and a second one
+// interrupts the call. The worker raises Stop once per request.
+const stopAgain = 100 * time.Millisecond
+
+// stopRequest asks the worker to stop request id, again every stopAgain,
+// and kills it after StopGrace in case the app cannot be interrupted.
+// It does nothing more once id has ended.
+func (w *Worker) stopRequest(id uint16) {
+	deadline := time.Now().Add(w.cfg.StopGrace)
+	var signal func()
+	signal = func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.current != id {
+			return
+		}
+		w.stopping = true
+		select {
+		case <-w.exited:
+			return // its pid may be another process's now
+		default:
+		}
+		if !time.Now().Before(deadline) {
+			w.Kill()
+			return
+		}
+		_ = syscall.Kill(w.pid, syscall.SIGUSR1)
+		time.AfterFunc(min(stopAgain, time.Until(deadline)), signal)
+	}
+	signal()
+}
+
+func (w *Worker) stopped() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stopping
+}
+
+// stoppedResult ends a stopped request that the worker ended in time: the
+// worker serves on; the client gets 504 if it got nothing yet.
+func (w *Worker) stoppedResult(ctx context.Context, rw ResponseWriter, res Result) (Result, error) {
+	err := fmt.Errorf("bridge: %w (%v); worker pid %d stopped the app", ErrStopped, context.Cause(ctx), w.pid)
+	res.CutShort = res.Status != 0
+	if res.Status == 0 {
+		res.Status = 504
+		err = errors.Join(err, WriteError(rw, 504))
+	}
+	return res, err
+}
+
+// failed handles a worker that stopped answering: killed after a stop
+// (504) or dead by itself (502).
+func (w *Worker) failed(ctx context.Context, rw ResponseWriter, res Result, cause error) (Result, error) {
+	w.Kill()
+	var err error
+	status := 502
+	if ctx.Err() != nil {
+		status = 504
+		err = fmt.Errorf("bridge: %w (%v); worker pid %d killed", ErrStopped, context.Cause(ctx), w.pid)
+	} else {
+		err = fmt.Errorf("bridge: %w: worker pid %d %s during the request (%v)", ErrWorkerDied, w.pid, w.exitStatus(), cause)
+	}
+	res.CutShort = res.Status != 0
+	if res.Status == 0 {
+		res.Status = status
+		err = errors.Join(err, WriteError(rw, status))
+	}
+	return res, err
+}
+
+// desync handles a worker that broke the protocol: it is killed.
+func (w *Worker) desync(ctx context.Context, rw ResponseWriter, res Result, what string) (Result, error) {
+	return w.failed(ctx, rw, res, fmt.Errorf("%w: %s", errProtocol, what))
+}
+
+func putSize(frame []byte, n int) {
+	frame[4], frame[5], frame[6], frame[7] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+}
+
+// parseStatus reads the code from a block that starts "Status: NNN".
+func parseStatus(block []byte) (int, bool) {
+	const prefix = "Status: "
+	if len(block) < len(prefix)+3 || string(block[:len(prefix)]) != prefix {
+		return 0, false
+	}
+	code, err := strconv.Atoi(string(block[len(prefix) : len(prefix)+3]))
+	if err != nil || code < 100 {
+		return 0, false
+	}
+	return code, true
+}
+
+// bodySender streams a request body to the worker as B frames and ends
+// it with one E frame, from its own goroutine, so that the response is
+// read while the body is still being sent.
+type bodySender struct {
+	w    *Worker
+	id   uint16
+	body io.Reader
+	// Guarded by w.wmu; run reads them without it, as their only writer.
+	remaining int64 // -1: until EOF
+	sent      int64
+	ended     bool // E was sent
+}
+
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, headerLen+bodyChunk); return &b }}
+
+func (s *bodySender) run() {
+	bp := bodyBufs.Get().(*[]byte)
+	defer bodyBufs.Put(bp)
+	buf := *bp
+	for s.remaining != 0 {
+		n := len(buf) - headerLen
+		if s.remaining > 0 && s.remaining < int64(n) {
+			n = int(s.remaining)
+		}
+		n, rerr := s.body.Read(buf[headerLen : headerLen+n])
+		if n > 0 {
+			appendHeader(buf[:0], frameBody, 0, s.id, n)
+			if !s.send(buf[:headerLen+n], n) {
+				return
+			}
+		}
+		if rerr != nil {
+			if s.remaining > 0 {
+				s.w.log.Warn("request body ended early", "got", s.sent, "content_length", s.sent+s.remaining, "err", rerr)
+			}
+			break
+		}
+	}
+	s.end()
+}
+
+// send writes one frame of n body bytes unless the body was ended; false
+// means stop. The counters change under the lock, as end reads them.
+func (s *bodySender) send(frame []byte, n int) bool {
+	s.w.wmu.Lock()
+	defer s.w.wmu.Unlock()
+	if s.ended {
+		return false
+	}
+	if _, err := s.w.toPy.Write(frame); err != nil {
+		s.ended = true
+		return false
+	}
+	s.sent += int64(n)
+	if s.remaining > 0 {
+		s.remaining -= int64(n)
+	}
+	return true
+}
+
+// end sends the E frame once; called when the body ends and when Serve
+// returns, whichever is first.
+func (s *bodySender) end() {
+	s.w.wmu.Lock()
+	defer s.w.wmu.Unlock()
+	if s.ended {
+		return
+	}
+	s.ended = true
+	var flags byte
+	if s.remaining > 0 {
+		flags = flagTruncated
+	}
+	var frame [headerLen]byte
+	_, _ = s.w.toPy.Write(appendHeader(frame[:0], frameBodyEnd, flags, s.id, 0))
+}
+
+// WriteError writes a short error response with the given status.
+func WriteError(rw ResponseWriter, status int) error {
+	text := strconv.Itoa(status) + " " + http.StatusText(status)
+	body := text + "\n"
+	block := "Status: " + text + "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\n\r\n"
+	if err := rw.WriteHeader(status, []byte(block)); err != nil {
+		return err
+	}
+	if _, err := rw.Write([]byte(body)); err != nil {
+		return err
+	}
+	return rw.Flush()
+}

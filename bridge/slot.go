@@ -1,0 +1,287 @@
+package bridge
+
+// This file holds a pool's slots: each keeps one place of the pool
+// filled, starting a worker, waiting until it is retired or dies (and
+// killing a FastCGI worker whose app is stuck past its timeout), then
+// starting the next, with a back-off when workers die young, so a crash
+// loop cannot fork-bomb the machine.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"time"
+)
+
+// member is one worker of the pool.
+type member struct {
+	w        *Worker
+	gen      int
+	born     time.Time
+	served   int
+	limit    int // requests before recycling; 0: no limit
+	retire   chan struct{}
+	once     sync.Once
+	recycled bool // retired on purpose, not because it died
+	slot     int  // its place on the board of FastCGI workers, or -1
+}
+
+func (m *member) retireNow(recycled bool) {
+	m.once.Do(func() {
+		m.recycled = recycled
+		close(m.retire)
+	})
+}
+
+// spawnAll starts cfg.Workers workers at once and waits until all are
+// ready; on any failure it closes them all.
+func (p *Pool) spawnAll(gen int) ([]*member, error) {
+	ms := make([]*member, p.cfg.Workers)
+	errs := make([]error, p.cfg.Workers)
+	var wg sync.WaitGroup
+	for i := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ms[i], errs[i] = p.spawn(gen)
+		}()
+	}
+	wg.Wait()
+	var ie *ImportError
+	for _, err := range errs {
+		if errors.As(err, &ie) {
+			break
+		}
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		return ms, nil
+	}
+	for _, m := range ms {
+		if m != nil {
+			p.closeMember(m)
+		}
+	}
+	if ie != nil {
+		return nil, ie
+	}
+	return nil, err
+}
+
+// spawn starts one worker and waits until it is ready.
+func (p *Pool) spawn(gen int) (*member, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("bridge: worker output pipe: %w", err)
+	}
+	cfg := p.cfg.Worker
+	cfg.Output = w
+	slot := -1
+	if cfg.FastCGI != nil {
+		fc := *cfg.FastCGI
+		if p.cfg.MaxRequests > 0 {
+			fc.MaxRequests = p.cfg.MaxRequests + rand.IntN(p.cfg.MaxRequestsJitter+1)
+		}
+		if p.board != nil {
+			slot = p.board.take()
+			fc.Lobby, fc.Board, fc.Slot = p.lobby, p.board.file, slot
+		}
+		fc.Changed = func(file string) { p.codeChanged(gen, file) }
+		cfg.FastCGI = &fc
+	}
+	wk, err := Start(cfg)
+	w.Close()
+	if err != nil {
+		r.Close()
+		p.freeSlot(slot)
+		return nil, err
+	}
+	go p.logOutput(r, wk.Pid())
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ImportTimeout)
+	defer cancel()
+	if err := wk.Ready(ctx); err != nil {
+		wk.Close(p.cfg.GraceTimeout)
+		p.freeSlot(slot)
+		return nil, err
+	}
+	m := &member{w: wk, gen: gen, born: time.Now(), retire: make(chan struct{}), slot: slot}
+	if p.cfg.MaxRequests > 0 {
+		m.limit = p.cfg.MaxRequests + rand.IntN(p.cfg.MaxRequestsJitter+1)
+	}
+	if cfg.FastCGI != nil {
+		go wk.Watch()
+	}
+	p.mu.Lock()
+	p.members[m] = struct{}{}
+	p.mu.Unlock()
+	return m, nil
+}
+
+// logOutput logs what a worker prints, a line at a time (long lines in
+// pieces), until the worker and whatever inherited its output are gone.
+func (p *Pool) logOutput(r *os.File, pid int) {
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 16<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			p.log.Info("app output", "pid", pid, "line", string(trimNewline(line)))
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			if !errors.Is(err, io.EOF) {
+				p.log.Warn("reading worker output", "pid", pid, "err", err)
+			}
+			return
+		}
+	}
+}
+
+func trimNewline(b []byte) []byte {
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		return b[:n-1]
+	}
+	return b
+}
+
+// startSlot makes m available at once and runs its slot goroutine; the
+// caller holds p.mu.
+func (p *Pool) startSlot(m *member) {
+	p.addLocked(m)
+	p.slots.Add(1)
+	go p.runSlot(m)
+}
+
+// runSlot keeps one place of the pool filled for m's generation, m being
+// its first, already added, member.
+func (p *Pool) runSlot(m *member) {
+	defer p.slots.Done()
+	gen := m.gen
+	backoff := 100 * time.Millisecond
+	for {
+		p.await(m)
+		p.remove(m)
+		p.closeMember(m)
+		if m.recycled || time.Since(m.born) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		} else {
+			// Died young: wait before the next, more each time.
+			if !p.sleepUnlessStopped(gen, backoff) {
+				return
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
+		for {
+			if p.slotDone(gen) {
+				return
+			}
+			var err error
+			if m, err = p.spawn(gen); err == nil {
+				break
+			}
+			p.mu.Lock()
+			p.failing = p.live == 0
+			p.mu.Unlock()
+			p.wakeWaitersIfNoWorkers()
+			p.log.Error("worker could not be started; retrying", "in", backoff, "err", err)
+			if !p.sleepUnlessStopped(gen, backoff) {
+				return
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
+		p.add(m)
+	}
+}
+
+func (p *Pool) slotDone(gen int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closing || gen != p.gen
+}
+
+func (p *Pool) sleepUnlessStopped(gen int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if p.slotDone(gen) {
+			return false
+		}
+		time.Sleep(min(50*time.Millisecond, time.Until(deadline)))
+	}
+	return !p.slotDone(gen)
+}
+
+// await waits until m is retired, or dies while idle. A FastCGI worker
+// whose app runs past the timeout and past the Stop it raised is killed.
+func (p *Pool) await(m *member) {
+	var tick <-chan time.Time
+	if m.slot >= 0 && p.cfg.Timeout > 0 {
+		t := time.NewTicker(stuckCheckEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	var seen stuckWatch
+	for {
+		select {
+		case <-m.retire:
+			return
+		case now := <-tick:
+			if seen.stuck(p.board.runningApp(m.slot), now, p.cfg.Timeout+m.w.cfg.StopGrace) {
+				p.log.Error("the app did not stop at the timeout; killing its worker",
+					"pid", m.w.Pid(), "timeout", p.cfg.Timeout)
+				m.w.Kill()
+			}
+		case <-m.w.Exited():
+			if p.takeIdle(m) {
+				if m.w.Leaving() {
+					m.retireNow(true)
+					return
+				}
+				p.log.Info("worker exited while idle", "pid", m.w.Pid(), "how", m.w.exitStatus())
+				m.retireNow(false)
+				return
+			}
+			<-m.retire // it is serving: Serve sees it fail and retires it
+			return
+		}
+	}
+}
+
+// stuckCheckEvery is how often the board is read for FastCGI workers
+// stuck in their app.
+const stuckCheckEvery = 500 * time.Millisecond
+
+// stuckWatch follows one FastCGI worker's app runs on the board.
+type stuckWatch struct {
+	run   uint64 // the request count when the app was first seen running, 0: not running
+	since time.Time
+}
+
+// stuck reports whether the same app run (run, the worker's request
+// count, or 0 when its app is not running) has lasted longer than limit.
+func (s *stuckWatch) stuck(run uint64, now time.Time, limit time.Duration) bool {
+	if run == 0 || run != s.run {
+		s.run, s.since = run, now
+		return false
+	}
+	return now.Sub(s.since) > limit
+}
+
+func (p *Pool) closeMember(m *member) {
+	m.w.Close(p.cfg.GraceTimeout)
+	p.freeSlot(m.slot)
+	p.mu.Lock()
+	delete(p.members, m)
+	p.mu.Unlock()
+}
+
+// freeSlot gives a gone FastCGI worker's place on the board back (-1:
+// it had none).
+func (p *Pool) freeSlot(slot int) {
+	if slot >= 0 {
+		p.board.free(slot)
+	}
+}
