@@ -4,10 +4,13 @@
 # Python's own start-up as the floor. Each run is one whole CGI request
 # (process start to exit) with the environment Apache would give it.
 # Needs hyperfine and Debian's python3-flask and python3-django.
-# Usage: bench/cgi-cold.sh [RUNS]  (from the repository root, after make build)
+# Usage: bench/cgi-cold.sh [RUNS [BASELINE]]  (from the repository root,
+# after make build); BASELINE, another wsgibridge binary (a build of an
+# earlier commit), is measured beside it in the same run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-40}
+baseline=${2:+$(realpath "$2")}
 py=/usr/bin/python3
 bin=$root/bin/wsgibridge
 cd "$root/testdata/apps"
@@ -16,14 +19,16 @@ export REQUEST_METHOD=GET SERVER_PROTOCOL=HTTP/1.1 SERVER_NAME=localhost SERVER_
 	GATEWAY_INTERFACE=CGI/1.1
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-hyperfine -N --warmup 5 --runs "$runs" --export-json "$out" \
-	-n "python3 start-up (-c pass)" "$py -c pass" \
-	-n "hello: CGIHandler" "$py $root/bench/cgihandler.py hello" \
-	-n "hello: wsgibridge cgi" "$bin cgi --python $py hello" \
-	-n "flask: CGIHandler" "$py $root/bench/cgihandler.py flaskapp" \
-	-n "flask: wsgibridge cgi" "$bin cgi --python $py flaskapp" \
-	-n "django: CGIHandler" "$py $root/bench/cgihandler.py djangoapp" \
-	-n "django: wsgibridge cgi" "$bin cgi --python $py djangoapp" >/dev/null
+cmds=(-n "python3 start-up (-c pass)" "$py -c pass")
+for app in hello flaskapp djangoapp; do
+	name=${app%app}
+	cmds+=(-n "$name: CGIHandler" "$py $root/bench/cgihandler.py $app"
+		-n "$name: wsgibridge cgi" "$bin cgi --python $py $app")
+	if [ -n "$baseline" ]; then
+		cmds+=(-n "$name: baseline cgi" "$baseline cgi --python $py $app")
+	fi
+done
+hyperfine -N --warmup 5 --runs "$runs" --export-json "$out" "${cmds[@]}" >/dev/null
 "$py" - "$out" <<'PY'
 import json, sys
 results = json.load(open(sys.argv[1]))["results"]

@@ -7,7 +7,6 @@ rules themselves are wsgi's.
 
 import marshal
 
-from wsgibridge import wsgi
 from wsgibridge.frames import (
     BODY, BODY_END, HEADER, INPUT_TERMINATED, REQUEST, RUN_ONCE, ProtocolError, read_exact, read_header)
 from wsgibridge.wsgi import BASE_ENVIRON, Response, run_app
@@ -117,7 +116,6 @@ class PipeResponse(Response):
 
 def handle(app, rin, out, flags, rid, payload):
     """Serves one request from the pipe; returns True when the worker should exit after it."""
-    wsgi.stop_pending = wsgi.stop_raised = False
     environ = marshal.loads(payload)
     environ.update(BASE_ENVIRON)
     environ["wsgi.run_once"] = bool(flags & RUN_ONCE)

@@ -300,10 +300,13 @@ BASE_ENVIRON = {
     "wsgi.file_wrapper": FileWrapper,
 }
 
+
 def run_app(app, environ, resp):
     """Calls the app and sends its response; returns True when the worker
-    should exit after this request."""
-    global app_running
+    should exit after this request. A stop signalled before it begins is
+    an earlier request's, or lost to the signal sent again (see the top)."""
+    global app_running, stop_pending, stop_raised
+    stop_pending = stop_raised = False
     try:
         app_running = True
         result = app(environ, resp.start_response)

@@ -7,7 +7,6 @@ their turn is server's; the watch over a running request is watch's.
 
 import io
 
-from wsgibridge import wsgi
 from wsgibridge.spool import Body
 from wsgibridge.fastcgi.board import RUNNING, SERVED, SERVED_AT
 from wsgibridge.fastcgi.connection import Incomplete, Paused
@@ -190,7 +189,6 @@ class Requests:
         return req
 
     def run(self, conn, rid, req):
-        wsgi.stop_pending = wsgi.stop_raised = False
         self.served += 1
         if self.board is not None:
             SERVED.pack_into(self.board, SERVED_AT + 8 * self.slot, self.served)
