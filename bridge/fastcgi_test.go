@@ -32,8 +32,9 @@ func startFCGIPool(t testing.TB, workers int, callable string) *fcgiPool {
 	return startFCGIPoolApp(t, workers, probeApp(t, callable))
 }
 
-// startFCGIPoolApp is startFCGIPool for any app.
-func startFCGIPoolApp(t testing.TB, workers int, app string) *fcgiPool {
+// startFCGIPoolApp is startFCGIPool for any app; set changes the workers'
+// FastCGI settings.
+func startFCGIPoolApp(t testing.TB, workers int, app string, set ...func(*FastCGIConfig)) *fcgiPool {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "w.sock")
 	l, err := net.Listen("unix", sock)
@@ -44,9 +45,12 @@ func startFCGIPoolApp(t testing.TB, workers int, app string) *fcgiPool {
 	ul.SetUnlinkOnClose(false)
 	l.Close()
 	log := &syncBuffer{}
+	fc := &FastCGIConfig{Listener: f, Workers: workers}
+	for _, s := range set {
+		s(fc)
+	}
 	pool, err := NewPool(PoolConfig{
-		Worker: Config{App: app, Logger: slog.New(slog.NewTextHandler(log, nil)),
-			FastCGI: &FastCGIConfig{Listener: f, Workers: workers}},
+		Worker:  Config{App: app, Logger: slog.New(slog.NewTextHandler(log, nil)), FastCGI: fc},
 		Workers: workers,
 	})
 	require.NoError(t, err)
@@ -101,13 +105,16 @@ type parsed struct {
 	stdout map[uint16]string
 	ends   []end
 	others []tu.FCGIReply
+	// cut says the worker ended a response cut short, with a STDERR
+	// record and tu.FCGINotARecord.
+	cut bool
 }
 
 func reply(t testing.TB, b []byte) parsed {
 	t.Helper()
-	recs, err := tu.ParseFCGI(b)
+	recs, cut, err := tu.ParseFCGI(b)
 	require.NoError(t, err, "the worker sends well-formed records")
-	p := parsed{stdout: map[uint16]string{}}
+	p := parsed{stdout: map[uint16]string{}, cut: cut}
 	for _, r := range recs {
 		switch r.Type {
 		case tu.FCGIStdout:
@@ -192,6 +199,15 @@ func TestFastCGIWorkerRequests(t *testing.T) {
 			check: func(t *testing.T, r parsed) {
 				assert.Eventually(t, func() bool { return strings.Contains(p.log.String(), "raised after the whole body") },
 					5*time.Second, 10*time.Millisecond, "the error is logged")
+			}},
+		{name: "an error after the headers ends the response as failed", in: join(tu.FCGIRequest(1, true, "",
+			"REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "PATH_INFO", "/raise-after"), hello(1, false)),
+			stdout: []string{"\r\n\r\npartial "},
+			check: func(t *testing.T, r parsed) {
+				assert.True(t, r.cut, "a STDERR record and bytes that are not a record, not END_REQUEST")
+				require.NotEmpty(t, r.others)
+				assert.Contains(t, string(r.others[len(r.others)-1].Content), "the response is cut short: app raised in GET /raise-after")
+				assert.NotContains(t, r.stdout[1], "Hello", "the connection closes: the request behind is not served")
 			}},
 		{name: "HEAD has no body", in: tu.FCGIRequest(1, false, "", "REQUEST_METHOD", "HEAD", "SERVER_PROTOCOL", "HTTP/1.1", "SCRIPT_NAME", "/hello"),
 			stdout: []string{"Content-Length: 13\r\n\r\n"}, ends: []end{{1, 0}},
@@ -287,7 +303,11 @@ func TestFastCGIWorkerMalformed(t *testing.T) {
 			"record type 6 before the params ended"},
 		{"a record type inside the body", join(tu.FCGIBegin(1, 1, false), tu.FCGIParamsRecords(1, append(get, "CONTENT_LENGTH", "5")...),
 			tu.FCGIRecord(tu.FCGIParams, 1, []byte("x"))), "record type 4 inside the request body"},
-		{"a short BEGIN_REQUEST", tu.FCGIRecord(tu.FCGIBeginRequest, 1, []byte{0, 1}), "short BEGIN_REQUEST"},
+		{"a short BEGIN_REQUEST", tu.FCGIRecord(tu.FCGIBeginRequest, 1, []byte{0, 1}), "a BEGIN_REQUEST of 2 bytes, not 8"},
+		{"a long BEGIN_REQUEST", join(tu.FCGIRecord(tu.FCGIBeginRequest, 1, append([]byte{0, 1, 0}, make([]byte, 13)...)),
+			tu.FCGIParamsRecords(1, get...), tu.FCGIRecord(tu.FCGIStdin, 1, nil)), "a BEGIN_REQUEST of 16 bytes, not 8"},
+		{"a BEGIN_REQUEST with request id 0", join(tu.FCGIBegin(0, 1, false), tu.FCGIParamsRecords(0, get...),
+			tu.FCGIRecord(tu.FCGIStdin, 0, nil)), "a BEGIN_REQUEST with request id 0"},
 		{"a record cut short", join(tu.FCGIBegin(1, 1, false), []byte{1, 4, 0, 1, 0, 100, 0, 0}, []byte("only ten b")),
 			"the web server closed the connection"},
 		{"malformed GET_VALUES", tu.FCGIRecord(tu.FCGIGetValues, 0, []byte{9, 0, 'a'}), "malformed params"},

@@ -29,6 +29,10 @@ type FastCGIConfig struct {
 	// Timeout stops a request that runs longer: the app gets Stop raised
 	// inside it and the client a 504. 0: no limit.
 	Timeout time.Duration
+	// HeaderTimeout closes a connection whose request's header (its
+	// BEGIN_REQUEST and PARAMS, which web servers write at once) stays
+	// unfinished that long. 0: 10 s.
+	HeaderTimeout time.Duration
 	// MaxRequests: the worker exits after serving that many. 0: never.
 	MaxRequests int
 	// Workers is reported to web servers as FCGI_MAX_CONNS and _REQS.
@@ -59,6 +63,9 @@ func (cfg *FastCGIConfig) args() []string {
 	}
 	if cfg.Timeout > 0 {
 		a = append(a, "timeout="+strconv.FormatFloat(cfg.Timeout.Seconds(), 'f', -1, 64))
+	}
+	if cfg.HeaderTimeout > 0 {
+		a = append(a, "header-timeout="+strconv.FormatFloat(cfg.HeaderTimeout.Seconds(), 'f', -1, 64))
 	}
 	if cfg.MaxRequests > 0 {
 		a = append(a, "max-requests="+strconv.Itoa(cfg.MaxRequests))

@@ -55,14 +55,13 @@ const (
 
 // Frame flags.
 const (
-	flagRunOnce         = 1 // R: wsgi.run_once
-	flagInputTerminated = 2 // R: the body runs to E, there is no CONTENT_LENGTH
-	flagTruncated       = 1 // E: the body ended before CONTENT_LENGTH bytes
-	flushData           = 1 // D: pass to the client now
-	finishedAppError    = 1 // F: the response is the worker's 500 page
-	finishedExiting     = 2 // F, X: the worker exits after this request
-	logWarn             = 1 // L
-	logError            = 2 // L
+	flagRunOnce      = 1 // R: wsgi.run_once
+	flagTruncated    = 1 // E: the body ended before CONTENT_LENGTH bytes
+	flushData        = 1 // D: pass to the client now
+	finishedAppError = 1 // F: the response is the worker's 500 page
+	finishedExiting  = 2 // F, X: the worker exits after this request
+	logWarn          = 1 // L
+	logError         = 2 // L
 )
 
 // Limits on what the worker may send; both are far above what a valid

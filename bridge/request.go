@@ -22,8 +22,8 @@ type Request struct {
 	Env []Var
 	// Body is the request body, or nil. The app reads at most
 	// CONTENT_LENGTH bytes of it; a chunked request (no CONTENT_LENGTH,
-	// HTTP_TRANSFER_ENCODING naming chunked) reads it to io.EOF and sees
-	// wsgi.input_terminated; without either there is no body. Serve may
+	// HTTP_TRANSFER_ENCODING naming chunked) reads it to io.EOF; without
+	// either there is no body. Serve may
 	// return while a Read on Body is still blocked; the caller ends that
 	// Read by closing Body's source.
 	Body io.Reader

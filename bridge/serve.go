@@ -79,9 +79,6 @@ func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Re
 	if req.RunOnce {
 		flags |= flagRunOnce
 	}
-	if toEOF {
-		flags |= flagInputTerminated
-	}
 	hasBody := req.Body != nil && (length > 0 || toEOF)
 
 	w.wbuf = appendHeader(w.wbuf[:0], frameRequest, flags, id, 0)

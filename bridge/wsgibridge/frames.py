@@ -41,7 +41,7 @@ CHANGED = ord("C")  # FastCGI workers: the app's code changed; payload: the file
 ACCESS = ord("A")  # FastCGI workers: method, uri, status, bytes, microseconds
 
 # Request flags.
-RUN_ONCE, INPUT_TERMINATED = 1, 2
+RUN_ONCE = 1
 # DATA flag.
 FLUSH = 1
 # FINISHED flags: the response is an error page made by the worker; the

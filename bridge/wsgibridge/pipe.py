@@ -8,7 +8,7 @@ rules themselves are wsgi's.
 import marshal
 
 from wsgibridge.frames import (
-    BODY, BODY_END, HEADER, INPUT_TERMINATED, REQUEST, RUN_ONCE, ProtocolError, read_exact, read_header)
+    BODY, BODY_END, HEADER, REQUEST, RUN_ONCE, ProtocolError, read_exact, read_header)
 from wsgibridge.wsgi import BASE_ENVIRON, Response, run_app
 
 
@@ -119,8 +119,6 @@ def handle(app, rin, out, flags, rid, payload):
     environ = marshal.loads(payload)
     environ.update(BASE_ENVIRON)
     environ["wsgi.run_once"] = bool(flags & RUN_ONCE)
-    if flags & INPUT_TERMINATED:
-        environ["wsgi.input_terminated"] = True
     inp = environ["wsgi.input"] = Input(rin, rid)
     exiting = run_app(app, environ, PipeResponse(out, rid, environ["REQUEST_METHOD"] == "HEAD"))
     if not exiting:

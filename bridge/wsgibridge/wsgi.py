@@ -298,6 +298,10 @@ BASE_ENVIRON = {
     "wsgi.multithread": False,
     "wsgi.multiprocess": True,
     "wsgi.file_wrapper": FileWrapper,
+    # Both protocols end the input where the body ends (E frame, the end
+    # of STDIN) and never give more than CONTENT_LENGTH: an app may read
+    # wsgi.input to its end whatever CONTENT_LENGTH says.
+    "wsgi.input_terminated": True,
 }
 
 

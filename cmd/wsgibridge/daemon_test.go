@@ -115,7 +115,11 @@ func startNginx(t *testing.T, upstreams map[string]string) *nginx {
 		user = "user root;"
 	}
 	pairs := []string{"@DIR@", dir, "@PORT1@", fmt.Sprint(p1), "@PORT2@", fmt.Sprint(p2), "@USER@", user}
-	for k, v := range upstreams {
+	for _, k := range []string{"PROBE", "FLASK", "DJANGO", "STOCK", "STOCKUNIX"} {
+		v, ok := upstreams[k]
+		if !ok {
+			v = upstreams["PROBE"]
+		}
 		pairs = append(pairs, "@"+k+"@", v)
 	}
 	conf := filepath.Join(dir, "nginx.conf")

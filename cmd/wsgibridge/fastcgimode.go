@@ -23,9 +23,14 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	fs := d.newFlagSet("fastcgi", stderr)
 	bind := fs.String("bind", "", "where to listen: HOST:PORT, [::1]:PORT or unix:PATH; without it, a socket inherited on fd 0 (mod_fcgid, spawn-fcgi) or from systemd")
 	socketMode := fs.String("socket-mode", "0660", "file mode of a unix socket")
+	headerTimeout := fs.Duration("header-timeout", 10*time.Second, "close a connection whose request's FastCGI header (BEGIN_REQUEST and PARAMS) stays unfinished this long")
 	log, code := d.setup(fs, args, stderr)
 	if code != exitOK {
 		return code
+	}
+	if *headerTimeout <= 0 {
+		fmt.Fprintln(stderr, "wsgibridge fastcgi: --header-timeout must be more than 0")
+		return exitUsage
 	}
 	mode, err := strconv.ParseUint(*socketMode, 8, 32)
 	if err != nil || mode > 0o777 {
@@ -68,7 +73,7 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	}
 	l.Close()
 	d.fastcgi = &bridge.FastCGIConfig{Listener: lf, Mount: d.mount, KeepMount: d.mount == mountKeep,
-		Timeout: d.timeout, Workers: d.workers, ReloadOnChange: d.reloadOnChange,
+		Timeout: d.timeout, HeaderTimeout: *headerTimeout, Workers: d.workers, ReloadOnChange: d.reloadOnChange,
 		AllowedAddrs: allowed, AccessLog: d.accessLog}
 	return d.serve(log, l, func(pool *bridge.Pool, _ time.Time) (<-chan error, func(context.Context) error) {
 		log.Info("serving FastCGI", "listen", l.Addr().String(), "app", d.s.app, "workers", pool.Stats().Pids)

@@ -229,7 +229,7 @@ func TestFaultsUnderLoad(t *testing.T) {
 	apps := appsDir(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "probe.sock")
-	n := startNginx(t, map[string]string{"PROBE": "unix:" + sock, "FLASK": "unix:" + sock, "DJANGO": "unix:" + sock, "STOCK": "unix:" + sock})
+	n := startNginx(t, map[string]string{"PROBE": "unix:" + sock})
 	hello := n.base1 + "/hello"
 	const loadFor = 3 * time.Second
 

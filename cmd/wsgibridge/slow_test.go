@@ -28,7 +28,7 @@ import (
 func TestNginxQuickRequestsBesideSlow(t *testing.T) {
 	apps := appsDir(t)
 	sock := filepath.Join(t.TempDir(), "probe.sock")
-	n := startNginx(t, map[string]string{"PROBE": "unix:" + sock, "FLASK": "unix:" + sock, "DJANGO": "unix:" + sock, "STOCK": "unix:" + sock})
+	n := startNginx(t, map[string]string{"PROBE": "unix:" + sock})
 	for _, timeout := range []string{"", "5s", "0"} {
 		name := "default --timeout"
 		args := []string{"fastcgi", "--bind", "unix:" + sock, "--workers", "2", "--chdir", apps}
@@ -102,7 +102,7 @@ func TestNginxClientLeaves(t *testing.T) {
 	apps := appsDir(t)
 	sock := filepath.Join(t.TempDir(), "probe.sock")
 	d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--workers", "1", "--access-log", "--chdir", apps, "probe")
-	n := startNginx(t, map[string]string{"PROBE": "unix:" + sock, "FLASK": "unix:" + sock, "DJANGO": "unix:" + sock, "STOCK": "unix:" + sock})
+	n := startNginx(t, map[string]string{"PROBE": "unix:" + sock})
 	worker := d.workerPids(t)
 	require.Len(t, worker, 1)
 

@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 )
@@ -79,23 +80,32 @@ type FCGIReply struct {
 	Content []byte
 }
 
+// FCGINotARecord is how a wsgibridge worker ends a response it cuts
+// short, after a STDERR record saying why: eight bytes that are not a
+// record, so that no web server takes the response for complete.
+var FCGINotARecord = make([]byte, 8)
+
 // ParseFCGI splits b into records; it fails on a record that is not
-// FastCGI 1.0 or is cut short.
-func ParseFCGI(b []byte) ([]FCGIReply, error) {
+// FastCGI 1.0 or is cut short, but for FCGINotARecord at the very end,
+// after a STDERR record (cut then says so).
+func ParseFCGI(b []byte) (records []FCGIReply, cut bool, err error) {
 	var out []FCGIReply
 	for len(b) > 0 {
+		if len(b) == 8 && bytes.Equal(b, FCGINotARecord) && len(out) > 0 && out[len(out)-1].Type == FCGIStderr {
+			return out, true, nil
+		}
 		if len(b) < 8 {
-			return out, fmt.Errorf("a record header cut short: % x", b)
+			return out, false, fmt.Errorf("a record header cut short: % x", b)
 		}
 		if b[0] != 1 {
-			return out, fmt.Errorf("record version %d", b[0])
+			return out, false, fmt.Errorf("record version %d", b[0])
 		}
 		n, pad := int(binary.BigEndian.Uint16(b[4:])), int(b[6])
 		if len(b) < 8+n+pad {
-			return out, fmt.Errorf("a record cut short: %d of %d bytes", len(b)-8, n+pad)
+			return out, false, fmt.Errorf("a record cut short: %d of %d bytes", len(b)-8, n+pad)
 		}
 		out = append(out, FCGIReply{Type: b[1], ID: binary.BigEndian.Uint16(b[2:]), Content: b[8 : 8+n]})
 		b = b[8+n+pad:]
 	}
-	return out, nil
+	return out, false, nil
 }

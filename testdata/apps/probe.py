@@ -266,6 +266,23 @@ def drip(environ, start_response):
     return Closing(chunks())
 
 
+def drip_write(environ, start_response):
+    """As drip, through the write() callable; reports when its loop ends."""
+    write = start_response("200 OK", TEXT)
+    try:
+        for _ in range(int(float(environ.get("QUERY_STRING") or "10") * 10)):
+            write(b"drip\n")
+            time.sleep(0.1)
+    finally:
+        sys.stderr.write("probe: write loop ended\n")
+        sys.stderr.flush()
+    return []
+
+
+def input_terminated(environ, start_response):
+    return ok(start_response, repr(environ.get("wsgi.input_terminated")).encode())
+
+
 def slow_stream(environ, start_response):
     """Yields a first chunk, then takes a minute for the next; reports close()."""
     start_response("200 OK", TEXT)
@@ -340,7 +357,8 @@ ROUTES = {
     "/close-on-raise": close_on_raise, "/close": close_normal, "/file-wrapper": file_wrapper,
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
-    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
+    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/drip-write": drip_write, "/input-terminated": input_terminated,
+    "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
     "/inheritable": inheritable, "/lose-first-stop": lose_first(signal.SIGUSR1),
     "/lose-first-alarm": lose_first(signal.SIGALRM),
 }

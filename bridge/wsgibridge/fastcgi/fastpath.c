@@ -400,7 +400,7 @@ request(PyObject *self, PyObject *args)
         Py_RETURN_NONE;
     struct record r = record_at(p + i);
     const unsigned char *body = p + i + 8;
-    if (r.kind != BEGIN_REQUEST || r.rid == 0 || r.content < 3 || (body[0] << 8 | body[1]) != RESPONDER)
+    if (r.kind != BEGIN_REQUEST || r.rid == 0 || r.content != 8 || (body[0] << 8 | body[1]) != RESPONDER)
         Py_RETURN_NONE;
     unsigned rid = r.rid;
     int keep = (body[2] & KEEP_CONN) != 0;

@@ -6,7 +6,7 @@ connection's; what a request's records mean is request's.
 
 import struct
 
-FCGI_BEGIN, FCGI_ABORT, FCGI_END, FCGI_PARAMS, FCGI_STDIN, FCGI_STDOUT = 1, 2, 3, 4, 5, 6
+FCGI_BEGIN, FCGI_ABORT, FCGI_END, FCGI_PARAMS, FCGI_STDIN, FCGI_STDOUT, FCGI_STDERR = 1, 2, 3, 4, 5, 6, 7
 FCGI_DATA, FCGI_GET_VALUES, FCGI_GET_VALUES_RESULT, FCGI_UNKNOWN_TYPE = 8, 9, 10, 11
 FCGI_RESPONDER, FCGI_KEEP_CONN = 1, 1
 REQUEST_COMPLETE, CANT_MPX_CONN, UNKNOWN_ROLE = 0, 1, 3
@@ -87,3 +87,19 @@ def decode_pairs(data, pairs, limit):
         raise ConnClosed("malformed params")
     if len(pairs) > limit:
         raise ConnClosed("more than %d params" % limit)
+
+
+# Eight bytes that are not a record (version 0): see cut_records.
+NOT_A_RECORD = bytes(8)
+
+
+def cut_records(rid, why):
+    """What ends a response cut short: a STDERR record saying why (the web
+    server logs it) and bytes that are not a record, so that every web
+    server takes the response for failed. Ending the connection alone ends
+    the response as if complete where the web server reads it to the
+    connection's end (nginx without fastcgi_keep_conn), and a reset is for
+    TCP only."""
+    message = b"wsgibridge: the response is cut short: " + why[:1000] + b"\n"
+    pad = -len(message) & 7
+    return RECORD.pack(1, FCGI_STDERR, rid, len(message), pad) + message + PADDING[pad] + NOT_A_RECORD

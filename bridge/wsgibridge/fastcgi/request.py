@@ -25,10 +25,25 @@ class Pending:
     """A request whose params have come: its environ, and its body as it
     comes (refused: the status it gets instead of running the app)."""
 
-    __slots__ = ("head", "line", "environ", "to_eof", "body", "refused")
+    __slots__ = ("head", "line", "environ", "body", "refused", "answered")
 
     def __init__(self):
         self.body = self.refused = None
+        self.answered = False  # run before its STDIN ended: the rest is drained
+
+
+# What read_stdin found: the end of STDIN; a body whole before it (the app
+# may run, and the rest of STDIN is drained after); an abort.
+ENDED, WHOLE, ABORTED = 1, 2, 3
+
+
+def check_begin(rid, content):
+    """A BEGIN_REQUEST has an 8-byte body and a request id other than 0
+    (which is the management records'); another is not FastCGI."""
+    if len(content) != 8:
+        raise ConnClosed("a BEGIN_REQUEST of %d bytes, not 8" % len(content))
+    if rid == 0:
+        raise ConnClosed("a BEGIN_REQUEST with request id 0")
 
 
 class Requests:
@@ -40,16 +55,35 @@ class Requests:
         still coming waits in it)."""
         try:
             req = conn.pending
-            ended = False
-            if req is None:
-                got = self.read_params(conn)
-                if got is None:
+            if req is not None and req.answered:
+                self.read_stdin(conn, None, drain=True)
+                conn.rid, conn.pending = 0, None
+                if not conn.keep:
                     return False
-                params, made, ended = got
+                req = None
+            got = ENDED
+            if req is None:
+                read = self.read_params(conn)
+                if read is None:
+                    return False
+                params, made, ended = read
                 req = conn.pending = self.prepare(params, made)
-            done = ended or self.read_stdin(conn, req.body)
-            rid, conn.rid, conn.pending = conn.rid, 0, None
-            if done:
+                if not ended:
+                    got = self.read_stdin(conn, req.body)
+            else:
+                got = self.read_stdin(conn, req.body)
+            rid = conn.rid
+            if got == WHOLE:
+                # Answered now; the rest of its STDIN is read and dropped
+                # (the connection is closed at its end, not before, or an
+                # unread rest would reset it under the response).
+                req.answered = True
+                self.run(conn, rid, req)
+                if conn.cut_short:
+                    return False
+                return self.serve_conn(conn)
+            conn.rid, conn.pending = 0, None
+            if got == ENDED:
                 self.run(conn, rid, req)
             elif req.body is not None:
                 req.body.discard()
@@ -57,6 +91,8 @@ class Requests:
             self.pause(conn)
             return True
         except Incomplete:
+            if conn.pending is None and not conn.movable():
+                self.headers_waiting = True  # see sweep
             conn.release()
             return True
         except ConnClosed as exc:
@@ -99,11 +135,11 @@ class Requests:
                     return made[0], made, ended
                 fast = None  # the rest of this request is read here
             kind, r, content = conn.record()
+            if kind == FCGI_BEGIN:
+                check_begin(r, content)
             if r == 0:
                 self.management(conn, kind, content)
             elif kind == FCGI_BEGIN:
-                if len(content) < 3:
-                    raise ConnClosed("short BEGIN_REQUEST")
                 role = (content[0] << 8) | content[1]
                 if conn.rid:
                     conn.send(end_request(r, CANT_MPX_CONN))
@@ -129,12 +165,24 @@ class Requests:
             elif kind != FCGI_DATA:
                 raise ConnClosed("record type %d before the params ended" % kind)
 
-    def read_stdin(self, conn, body):
-        """Reads the request's STDIN to its end, into body (None: dropped);
-        False if the web server aborted the request."""
+    def read_stdin(self, conn, body, drain=False):
+        """Reads the request's STDIN to its end, into body (None: dropped)
+        and returns ENDED; or WHOLE, when the rest has not come yet but body
+        has all of its CONTENT_LENGTH (or no body is expected): the app need
+        not wait for the web server to end what it will not read. ABORTED
+        if the web server aborted the request. drain: the request was
+        answered, its STDIN is only read to its end (an abort ends it too,
+        unanswered: END_REQUEST went out with the response)."""
         rid = conn.rid
         while True:
-            kind, r, content = conn.record()
+            try:
+                kind, r, content = conn.record()
+            except Incomplete:
+                if not drain and (body is None or 0 <= body.limit <= body.size):
+                    return WHOLE
+                raise
+            if kind == FCGI_BEGIN:
+                check_begin(r, content)
             if r == 0:
                 self.management(conn, kind, content)
             elif r != rid:
@@ -142,15 +190,16 @@ class Requests:
                     conn.send(end_request(r, CANT_MPX_CONN))
             elif kind == FCGI_STDIN:
                 if not content:
-                    return True
+                    return ENDED
                 if body is not None:
                     if not self.draining and not body.fits(len(content)):
                         conn.unread()
                         raise Paused
                     body.add(content, self.clock())
             elif kind == FCGI_ABORT:
-                conn.send(end_request(rid))
-                return False
+                if not drain:
+                    conn.send(end_request(rid))
+                return ABORTED
             elif kind != FCGI_DATA:
                 raise ConnClosed("record type %d inside the request body" % kind)
 
@@ -177,14 +226,14 @@ class Requests:
         if self.access_log:
             req.line = (pairs.get("REQUEST_METHOD", ""), pairs.get("REQUEST_URI", ""), self.clock())
         try:
-            req.environ, length, req.to_eof = made or make_environ(pairs, self.mount)
+            req.environ, length, to_eof = made or make_environ(pairs, self.mount)
         except Refused as exc:
             self.log(LOG_WARN, "request refused: %s" % exc)
             req.refused = exc.status
             return req
         # The whole body is read before the app runs: a web server may stop
         # sending it once the response begins (nginx does).
-        if length > 0 or req.to_eof:
+        if length > 0 or to_eof:
             req.body = Body(length)
         return req
 
@@ -221,8 +270,6 @@ class Requests:
         environ = req.environ
         environ.update(FASTCGI_ENVIRON)
         environ["wsgi.input"] = req.body.reader() if req.body else io.BytesIO()
-        if req.to_eof:
-            environ["wsgi.input_terminated"] = True
         # started first: an alarm that fires before current is set must
         # not measure this request by the last one's start.
         started = self.started = self.clock()
@@ -248,11 +295,11 @@ class Requests:
                 if self.watching:
                     self.watch_abort(False)
                 self.current = self.current_resp = None
-        if resp.gone:
-            conn.keep = False  # closed without a word: nobody listens
-        elif resp.aborted:
+        if resp.aborted and not resp.gone:
             conn.send(end_request(rid))
-        conn.cut_short = resp.cut_short
+        # Closed at once: a response that failed, or a web server that is
+        # gone (nobody listens).
+        conn.cut_short = resp.cut_short or resp.gone
         if exiting:
             send(self.ctl, FINISHED, flags=EXITING)
             raise SystemExit(0)

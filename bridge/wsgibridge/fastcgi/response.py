@@ -6,7 +6,7 @@ rules are wsgi's; the records' layout is records'.
 
 from wsgibridge import wsgi
 from wsgibridge.fastcgi.records import (
-    FCGI_STDOUT, MAX_RECORD_CONTENT, PADDING, RECORD, ConnClosed, end_records, stdout_records)
+    FCGI_STDOUT, MAX_RECORD_CONTENT, PADDING, RECORD, ConnClosed, cut_records, end_records, stdout_records)
 from wsgibridge.frames import ABORTED, DATA, FINISHED, HEAD, send
 from wsgibridge.wsgi import Response
 
@@ -44,10 +44,12 @@ class FastCGIResponse(Response):
         elif kind == FINISHED:
             self.finished = True
         elif kind == ABORTED:
-            # No END_REQUEST: the connection is closed, which is how the web
-            # server learns that the response is incomplete. A response that
-            # ended complete stays so, and its connection is kept.
+            # No END_REQUEST: the response ends with cut_records and the
+            # connection is closed, which is how the web server learns that
+            # it is incomplete. A response that ended complete stays so, and
+            # its connection is kept.
             self.cut_short = not self.aborted and not self.ended
+            self.why = payload
         else:
             send(self.ctl, kind, payload, flags, self.rid)
 
@@ -84,9 +86,13 @@ class FastCGIResponse(Response):
         if self.aborted:
             return
         tail = b""
-        if not self.ended and (self.finished or self.complete()):
-            self.ended = True
-            tail = end_records(self.rid)
+        if not self.ended:
+            if self.finished or self.complete():
+                self.ended = True
+                tail = end_records(self.rid)
+            elif self.cut_short:
+                self.ended = True
+                tail = cut_records(self.rid, self.why)
         try:
             if size > MAX_RECORD_CONTENT:
                 out = []

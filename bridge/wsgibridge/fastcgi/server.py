@@ -19,6 +19,9 @@ from wsgibridge.fastcgi.watch import Watch
 from wsgibridge.frames import CHANGED, EXITING, FINISHED, LOG, LOG_WARN, send
 
 ACCEPT_RUN = 16
+# Seconds a web server may leave a request's header (its BEGIN_REQUEST and
+# PARAMS, which web servers write at once) unfinished.
+HEADER_TIMEOUT = 10.0
 MSG_CMSG_CLOEXEC = 0x40000000  # Linux; not in the socket module
 
 
@@ -34,6 +37,8 @@ class FastCGIServer(Requests, Watch):
         self.ctl = ctl
         self.mount = opts.get("mount")
         self.timeout = float(opts.get("timeout", 0))
+        self.header_timeout = float(opts.get("header-timeout", HEADER_TIMEOUT))
+        self.headers_waiting = False  # a request's header is unfinished: sweep every second
         self.max_requests = int(opts.get("max-requests", 0))
         self.max_conns = opts.get("workers", "1")
         self.access_log = "access-log" in opts
@@ -94,6 +99,8 @@ class FastCGIServer(Requests, Watch):
         while True:
             if self.paused:
                 timeout = BODY_STALL
+            elif self.headers_waiting:
+                timeout = 1.0
             else:
                 timeout = Conn.TIMEOUT if self.conns else -1
             if board is not None:
@@ -217,18 +224,29 @@ class FastCGIServer(Requests, Watch):
             return
 
     def sweep(self, now):
-        """Closes the kept connections idle past IDLE_TIMEOUT, and those
-        whose request has not come whole after Conn.TIMEOUT without news."""
+        """Closes the kept connections idle past IDLE_TIMEOUT, those whose
+        request's header has not come whole after header_timeout without
+        news, and those whose body has not after Conn.TIMEOUT (a slow
+        upload may pause that long)."""
+        waiting = False
         for conn, since in list(self.conns.values()):
             if conn.paused:
                 continue  # it waits for the worker, not for the web server
             if conn.movable():
                 if now - since > self.IDLE_TIMEOUT:
                     self.drop(conn)
+            elif conn.pending is None:
+                if now - since > self.header_timeout:
+                    self.log(LOG_WARN, "fastcgi: closing a connection: the web server left a request's "
+                             "header unfinished for %gs" % self.header_timeout)
+                    self.drop(conn)
+                else:
+                    waiting = True
             elif now - since > conn.TIMEOUT:
                 self.log(LOG_WARN, "fastcgi: closing a connection: the web server left "
                          "a request unfinished for %gs" % conn.TIMEOUT)
                 self.drop(conn)
+        self.headers_waiting = waiting
 
     def drop(self, conn):
         if self.conns.pop(conn.fd, (None,))[0] is conn:

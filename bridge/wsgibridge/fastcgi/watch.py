@@ -96,8 +96,12 @@ class Watch:
         self.watching = on
 
     def on_io(self, signum, frame):
+        """Looks for the abort of the request in progress. It may land while
+        the worker writes (a streaming app writes all the time): then the
+        Stop waits for the write to end (wsgi.on_stop), as no second signal
+        would come."""
         resp = self.current_resp
-        if not wsgi.app_running or resp is None or resp.aborted or resp.ended:
+        if resp is None or resp.aborted or resp.ended:
             return
         try:
             data = self.current.sock.recv(65536, self.socket.MSG_PEEK | self.socket.MSG_DONTWAIT)

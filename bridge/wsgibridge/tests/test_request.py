@@ -90,9 +90,86 @@ class FastCGIServeTest(Servers, unittest.TestCase):
         sends, kept, _ = self.serve(self.hello_then_raise(10))
         self.assertNotIn(END, b"".join(sends), "no END_REQUEST for a response cut short")
         self.assertFalse(kept, "closing is how the web server learns it")
+        out = b"".join(sends)
+        self.assertTrue(out.endswith(records.NOT_A_RECORD), "and bytes that are not a record, so that a web "
+                        "server reading to the connection's end does not take the response for complete")
+        stderr = out[out.rindex(b"wsgibridge: the response is cut short: "):-len(records.NOT_A_RECORD)]
+        self.assertIn(b"RuntimeError: late", stderr, "a STDERR record says why, for the web server's log")
+
+    def test_a_chunked_error_closes_with_the_same_ending(self):
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            yield b"partial"
+            raise RuntimeError("late")
+        sends, kept, _ = self.serve(app)
+        out = b"".join(sends)
+        self.assertNotIn(END, out)
+        self.assertTrue(out.endswith(records.NOT_A_RECORD))
+        self.assertFalse(kept)
+
+    def test_a_begin_request_that_is_not_one_closes_the_connection(self):
+        get = request(b"/")
+        params = get[16:]  # what follows the BEGIN_REQUEST record
+        for name, begin in [
+            ("3 bytes", record(records.FCGI_BEGIN, 1, bytes((0, records.FCGI_RESPONDER, 1)), 5)),
+            ("7 bytes", record(records.FCGI_BEGIN, 1, bytes((0, records.FCGI_RESPONDER, 1, 0, 0, 0, 0)), 1)),
+            ("16 bytes", record(records.FCGI_BEGIN, 1, bytes((0, records.FCGI_RESPONDER, 1)) + bytes(13), 0)),
+            ("request id 0", record(records.FCGI_BEGIN, 0, bytes((0, records.FCGI_RESPONDER, 1, 0, 0, 0, 0, 0)))),
+        ]:
+            with self.subTest(name):
+                ctl = io.BytesIO()
+                srv = self.server(echo, ctl)
+                wire = Wire(begin + params)
+                self.assertFalse(srv.serve_conn(connection.Conn(wire)), "the connection is closed")
+                self.assertEqual(wire.sends, [], "nothing is served")
+                logged = b"".join(p for kind, _, p in parse(ctl.getvalue()) if kind == "L")
+                self.assertIn(b"BEGIN_REQUEST", logged)
+
+    def test_every_request_may_read_its_input_to_the_end(self):
+        seen = []
+
+        def app(environ, start_response):
+            seen.append(environ.get("wsgi.input_terminated"))
+            return echo(environ, start_response)
+        for data in (request(b"/"), request(b"/", body=(b"abc",))):
+            srv = self.server(app)
+            self.assertTrue(srv.serve_conn(connection.Conn(Wire(data))))
+        self.assertEqual(seen, [True, True], "with CONTENT_LENGTH too: the input ends where STDIN does")
+
+    def test_a_whole_body_runs_the_app_before_its_stdin_ends(self):
+        for keep in (True, False):
+            with self.subTest(keep=keep):
+                data = request(b"/", keep=keep, body=(b"hello",))
+                end = record(records.FCGI_STDIN, 1, b"")
+                late = record(records.FCGI_STDIN, 1, b"more", 4) + end
+                reads = []
+
+                def app(environ, start_response):
+                    inp = environ["wsgi.input"]
+                    reads.extend((inp.read(5), inp.read(10), inp.read()))
+                    start_response("200 OK", [("Content-Length", "2")])
+                    return [b"ok"]
+                srv = self.server(app)
+                wire = Wire(data[:-len(end)])
+                conn = connection.Conn(wire)
+                self.assertTrue(srv.serve_conn(conn), "open until the web server has sent all it will")
+                self.assertEqual(reads, [b"hello", b"", b""], "CONTENT_LENGTH bytes, then the end, at once")
+                self.assertEqual(len(wire.sends), 1)
+                self.assertTrue(wire.sends[0].endswith(END), "answered before STDIN ended")
+                self.assertFalse(conn.movable(), "the rest of its STDIN is still to come")
+                wire.data = late
+                self.assertEqual(srv.serve_conn(conn), keep, "what came after is drained, then the connection goes on or closes")
+                self.assertEqual(reads, [b"hello", b"", b""], "nothing of it reaches the app")
+                self.assertEqual(len(wire.sends), 1, "and it gets no second answer")
+                self.assertTrue(conn.movable())
+                if keep:
+                    wire.data = request(b"/")
+                    self.assertTrue(srv.serve_conn(conn))
+                    self.assertEqual(len(wire.sends), 2, "the next request is served")
 
     def test_a_request_in_two_pieces_waits_for_the_second_without_the_app(self):
         data = request(b"/", body=(b"hello", b" world"))
+        whole = len(data) - len(record(records.FCGI_STDIN, 1, b""))  # the body all there, not its end
         for cut in range(1, len(data)):
             calls = []
 
@@ -103,7 +180,10 @@ class FastCGIServeTest(Servers, unittest.TestCase):
             wire = Wire(data[:cut])
             conn = connection.Conn(wire)
             self.assertTrue(srv.serve_conn(conn), cut)
-            self.assertEqual((calls, wire.sends), ([], []), "cut at %d: nothing runs before the rest" % cut)
+            if cut < whole:
+                self.assertEqual((calls, wire.sends), ([], []), "cut at %d: nothing runs before the rest" % cut)
+            else:
+                self.assertEqual(calls, [1], "cut at %d: the body is whole; the app need not wait for its end" % cut)
             self.assertFalse(conn.movable(), "cut at %d: part of a request is held here" % cut)
             wire.data = data[cut:]
             self.assertTrue(srv.serve_conn(conn), cut)
@@ -114,10 +194,10 @@ class FastCGIServeTest(Servers, unittest.TestCase):
             self.assertTrue(conn.movable(), "cut at %d: the request is done" % cut)
 
     def test_an_abort_while_the_body_comes_drops_it(self):
-        data = request(b"/", body=(b"x" * 1000,))
-        stdin_end = record(records.FCGI_STDIN, 1, b"")
+        data = request(b"/", body=(b"x" * 1000, b"y" * 1000))
+        rest = record(records.FCGI_STDIN, 1, b"y" * 1000) + record(records.FCGI_STDIN, 1, b"")
         srv = self.server(echo)
-        wire = Wire(data[:-len(stdin_end)])
+        wire = Wire(data[:-len(rest)])
         conn = connection.Conn(wire)
         self.assertTrue(srv.serve_conn(conn))
         self.assertEqual(spool.Body.held, 1000)

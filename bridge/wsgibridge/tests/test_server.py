@@ -79,10 +79,13 @@ class FastCGIConnsTest(Servers, unittest.TestCase):
     def test_sweep_closes_idle_and_unfinished_connections_by_their_deadlines(self):
         import socket
         data = request(b"/", body=(b"hello",))
+        params = data[:-24]  # up to the end of the params: the body is to come
         conns = {}
         for name, since, part in (("idle, recent", 100, b""), ("idle, old", 100 - self.srv.IDLE_TIMEOUT - 1, b""),
-                                  ("unfinished, recent", 100, data[:20]),
-                                  ("unfinished, old", 100 - connection.Conn.TIMEOUT - 1, data[:20])):
+                                  ("header unfinished, recent", 100 - self.srv.header_timeout + 1, data[:20]),
+                                  ("header unfinished, old", 100 - self.srv.header_timeout - 1, data[:20]),
+                                  ("unfinished, recent", 100 - self.srv.header_timeout - 1, params),
+                                  ("unfinished, old", 100 - connection.Conn.TIMEOUT - 1, params)):
             ours, theirs = socket.socketpair()
             self.addCleanup(theirs.close)
             self.addCleanup(ours.close)
@@ -90,11 +93,16 @@ class FastCGIConnsTest(Servers, unittest.TestCase):
             conn = conns[name] = connection.Conn(ours)
             self.assertTrue(self.srv.serve_conn(conn))
             self.keep(conn, since)
+        self.assertTrue(self.srv.headers_waiting, "a header is unfinished: the loop wakes to sweep")
         self.srv.sweep(100)
-        self.assertEqual(sorted(self.srv.ep.gone), sorted([conns["idle, old"].fd, conns["unfinished, old"].fd]))
-        self.assertEqual({c for c, _ in self.srv.conns.values()}, {conns["idle, recent"], conns["unfinished, recent"]})
+        self.assertEqual(sorted(self.srv.ep.gone), sorted(
+            [conns["idle, old"].fd, conns["header unfinished, old"].fd, conns["unfinished, old"].fd]))
+        self.assertEqual({c for c, _ in self.srv.conns.values()},
+                         {conns["idle, recent"], conns["header unfinished, recent"], conns["unfinished, recent"]})
         logged = b"".join(payload for kind, _, payload in parse(self.ctl.getvalue()) if kind == "L").decode()
         self.assertIn("left a request unfinished for 60s", logged)
+        self.assertIn("left a request's header unfinished for 10s", logged)
+        self.assertTrue(self.srv.headers_waiting, "one is still unfinished")
 
     def test_leaving_serves_a_request_still_coming(self):
         import socket

@@ -45,3 +45,46 @@ class WatchTest(Servers, unittest.TestCase):
         self.assertGreater(self.calls[1], 50, "then its timeout is armed")
         self.assertEqual(seen[0][-1], watch.STALL_AFTER, "the next request is looked at by STALL_AFTER, not at the timeout")
         self.assertEqual(seen[2], seen[0], "a run of quick requests arms the alarm once, not once each")
+
+    def test_an_abort_heard_while_the_worker_writes_stops_the_app_after_the_write(self):
+        """The abort's signal may land while the worker writes a chunk (a
+        streaming app writes all the time): it is not lost, the app is
+        stopped as the write returns, and the request ends with one
+        END_REQUEST."""
+        import _socket
+        import socket
+        from wsgibridge.fastcgi import records
+        events = []
+
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            try:
+                for i in range(50):
+                    yield b"chunk %d\n" % i
+                    events.append(i)
+            finally:
+                events.append("finally")
+        srv = self.server(app)
+        srv.socket = _socket
+        srv.board, srv.slot = bytearray(4096), 0
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        conn = connection.Conn(ours)
+        real_send = conn.send
+        sent = []
+
+        def send(data):
+            real_send(data)
+            sent.append(data)
+            if len(sent) == 2:
+                # The web server's abort, and its signal, while the worker writes.
+                theirs.sendall(records.RECORD.pack(1, records.FCGI_ABORT, 1, 0, 0))
+                srv.watch_abort(True)
+        conn.send = send
+        theirs.sendall(request(b"/"))
+        srv.serve_conn(conn)
+        self.assertEqual(events, [0, "finally"], "stopped as the write it was heard in returned")
+        out = b"".join(sent)
+        self.assertEqual(out.count(records.end_request(1)), 1, "one END_REQUEST")
+        self.assertTrue(out.endswith(records.end_request(1)))
