@@ -50,7 +50,7 @@ func startFCGIPoolApp(t testing.TB, workers int, app string, set ...func(*FastCG
 		s(fc)
 	}
 	pool, err := NewPool(PoolConfig{
-		Worker:  Config{App: app, Logger: slog.New(slog.NewTextHandler(log, nil)), FastCGI: fc},
+		Worker:  Config{App: app, Logger: slog.New(slog.NewTextHandler(log, nil)), FastCGI: fc, Stacks: true},
 		Workers: workers,
 	})
 	require.NoError(t, err)

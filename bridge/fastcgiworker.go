@@ -53,11 +53,20 @@ type FastCGIConfig struct {
 	Changed        func(file string)
 	// AccessLog logs one line per request, as the other fronts do.
 	AccessLog bool
+	// Stats has the workers count their requests by status and duration
+	// on the board, for Pool.Status.
+	Stats bool
+	// StatusPath and PingPath, when set, are paths the workers answer
+	// themselves, as PHP-FPM's pm.status_path and ping.path: the status
+	// document (Status(full) makes it; ?full asks for full) and "pong".
+	StatusPath string
+	PingPath   string
+	Status     func(full bool) []byte
 }
 
 // args returns the worker's options for cfg.
 func (cfg *FastCGIConfig) args() []string {
-	a := []string{"--fastcgi", "workers=" + strconv.Itoa(max(cfg.Workers, 1))}
+	a := []string{"workers=" + strconv.Itoa(max(cfg.Workers, 1))}
 	if !cfg.KeepMount {
 		a = append(a, "mount="+strings.TrimRight(cfg.Mount, "/"))
 	}
@@ -78,6 +87,15 @@ func (cfg *FastCGIConfig) args() []string {
 	}
 	if cfg.AccessLog {
 		a = append(a, "access-log=1")
+	}
+	if cfg.Stats {
+		a = append(a, "stats=1")
+	}
+	if cfg.StatusPath != "" {
+		a = append(a, "status-path="+cfg.StatusPath)
+	}
+	if cfg.PingPath != "" {
+		a = append(a, "ping-path="+cfg.PingPath)
 	}
 	if len(cfg.AllowedAddrs) > 0 {
 		allowed := make([]string, len(cfg.AllowedAddrs))
@@ -165,4 +183,30 @@ func openLobby() ([2]*os.File, error) {
 		return [2]*os.File{}, fmt.Errorf("bridge: lobby socket: %w", err)
 	}
 	return [2]*os.File{os.NewFile(uintptr(fds[0]), "lobby-out"), os.NewFile(uintptr(fds[1]), "lobby-in")}, nil
+}
+
+// openStatusQueries makes the socket pair on which a FastCGI worker asks
+// for the status document, to answer StatusPath ("full" or "short" a
+// message), and starts answering on the supervisor's end until the
+// worker is gone; it returns the worker's end.
+func openStatusQueries(status func(full bool) []byte) (*os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: status socket: %w", err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "status-queries")
+	go func() {
+		defer ours.Close()
+		ask := make([]byte, 16)
+		for {
+			n, err := ours.Read(ask)
+			if err != nil || n == 0 {
+				return
+			}
+			if _, err := ours.Write(status(string(ask[:n]) == "full")); err != nil {
+				return
+			}
+		}
+	}()
+	return os.NewFile(uintptr(fds[1]), "status-queries-worker"), nil
 }

@@ -88,6 +88,9 @@ type Pool struct {
 	active      atomic.Int64
 	lastSeen    atomic.Int64
 	boardServed atomic.Uint64
+
+	starting atomic.Int32 // workers importing the app
+	stat     poolStat
 }
 
 // codeChanged reloads the pool once when a worker of generation gen says
@@ -190,6 +193,7 @@ func (p *Pool) Reload() error {
 		return ErrClosed
 	}
 	p.gen = gen
+	p.countReload()
 	old := p.idle
 	p.idle = nil
 	p.live = 0
@@ -197,7 +201,7 @@ func (p *Pool) Reload() error {
 		p.startSlot(m)
 	}
 	for _, m := range old {
-		m.retireNow(true)
+		m.retireNow(ExitReload)
 	}
 	return nil
 }
@@ -213,7 +217,7 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	}
 	p.waiters = nil
 	for _, m := range p.idle {
-		m.retireNow(true)
+		m.retireNow(ExitShutdown)
 	}
 	p.idle = nil
 	p.mu.Unlock()

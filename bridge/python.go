@@ -26,7 +26,7 @@ var pythonFiles embed.FS
 // those it imports at its top.
 var pipeModules = []string{
 	"wsgibridge", "wsgibridge.frames", "wsgibridge.wsgi", "wsgibridge.pipe",
-	"wsgibridge.app", "wsgibridge.spool", "wsgibridge.main",
+	"wsgibridge.app", "wsgibridge.spool", "wsgibridge.stacks", "wsgibridge.main",
 }
 
 // fastCGIModules are the further modules of a FastCGI worker; main
@@ -34,7 +34,7 @@ var pipeModules = []string{
 var fastCGIModules = []string{
 	"wsgibridge.fastcgi", "wsgibridge.fastcgi.records", "wsgibridge.fastcgi.connection",
 	"wsgibridge.fastcgi.board", "wsgibridge.fastcgi.environ", "wsgibridge.fastcgi.response",
-	"wsgibridge.fastcgi.watch", "wsgibridge.fastcgi.fastpath", "wsgibridge.fastcgi.request",
+	"wsgibridge.fastcgi.watch", "wsgibridge.fastcgi.fastpath", "wsgibridge.fastcgi.statuspath", "wsgibridge.fastcgi.request",
 	"wsgibridge.fastcgi.server",
 }
 

@@ -21,8 +21,12 @@ func (p *Pool) add(m *member) {
 }
 
 func (p *Pool) addLocked(m *member) {
-	if p.closing || m.gen != p.gen {
-		m.retireNow(true)
+	if p.closing {
+		m.retireNow(ExitShutdown)
+		return
+	}
+	if m.gen != p.gen {
+		m.retireNow(ExitReload)
 		return
 	}
 	p.live++
@@ -94,7 +98,7 @@ func (p *Pool) acquire(ctx context.Context) (*member, error) {
 			p.mu.Unlock()
 			return m, nil
 		}
-		m.retireNow(false) // died while idle; its slot replaces it
+		m.retireNow(ExitCrash) // died while idle; its slot replaces it
 	}
 	if p.failing {
 		p.mu.Unlock()
@@ -166,16 +170,25 @@ func (p *Pool) closedErr() error {
 // release gives a worker back after a request.
 func (p *Pool) release(m *member) {
 	if !m.w.Usable() {
-		m.retireNow(false)
+		if m.stuck.Load() {
+			m.retireNow(ExitTimeout)
+		} else {
+			m.retireNow(ExitCrash)
+		}
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closing || m.gen != p.gen || (m.limit > 0 && m.served >= m.limit) {
-		m.retireNow(true)
-		return
+	switch {
+	case p.closing:
+		m.retireNow(ExitShutdown)
+	case m.gen != p.gen:
+		m.retireNow(ExitReload)
+	case m.limit > 0 && int(m.served.Load()) >= m.limit:
+		m.retireNow(ExitMaxRequests)
+	default:
+		p.handOff(m)
 	}
-	p.handOff(m)
 }
 
 // Serve runs one request on a worker of the pool. When no worker can take
@@ -189,6 +202,9 @@ func (p *Pool) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Resu
 	}()
 	m, err := p.acquire(ctx)
 	if err != nil {
+		p.stat.mu.Lock()
+		p.stat.refused++
+		p.stat.mu.Unlock()
 		return Result{Status: 503}, errors.Join(err, WriteError(rw, 503))
 	}
 	if p.cfg.Timeout > 0 {
@@ -196,8 +212,15 @@ func (p *Pool) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Resu
 		ctx, cancel = context.WithTimeoutCause(ctx, p.cfg.Timeout, p.timeoutCause)
 		defer cancel()
 	}
+	start := time.Now()
+	m.running.Store(&current{req: req, since: start})
 	res, err := m.w.Serve(ctx, req, rw)
-	m.served++
+	m.running.Store(nil)
+	m.served.Add(1)
+	if errors.Is(err, ErrStopped) && !m.w.Usable() {
+		m.stuck.Store(true) // killed: its app did not stop
+	}
+	p.countServed(res.Status, time.Since(start))
 	p.release(m)
 	return res, err
 }

@@ -236,7 +236,21 @@ func (w *Worker) stopRequest(id uint16) {
 		default:
 		}
 		if !time.Now().Before(deadline) {
-			w.Kill()
+			if w.stacks == nil {
+				w.Kill()
+				return
+			}
+			go func() {
+				// Where the app is stuck, first; the lock is not held
+				// meanwhile, and the request may end meanwhile.
+				stack := w.stuckStack()
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				if w.current == id {
+					w.log.Error("the app did not stop; killing its worker", "grace", w.cfg.StopGrace, "stack", stack)
+					w.Kill()
+				}
+			}()
 			return
 		}
 		_ = syscall.Kill(w.pid, syscall.SIGUSR1)

@@ -15,27 +15,38 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // member is one worker of the pool.
 type member struct {
-	w        *Worker
-	gen      int
-	born     time.Time
-	served   int
-	limit    int // requests before recycling; 0: no limit
-	retire   chan struct{}
-	once     sync.Once
-	recycled bool // retired on purpose, not because it died
-	slot     int  // its place on the board of FastCGI workers, or -1
+	w      *Worker
+	gen    int
+	born   time.Time
+	served atomic.Int64
+	limit  int // requests before recycling; 0: no limit
+	retire chan struct{}
+	once   sync.Once
+	cause  string // why it was retired: one of the Exit* causes
+	slot   int    // its place on the board of FastCGI workers, or -1
+	// running is the request it serves through Serve, nil between them.
+	running atomic.Pointer[current]
+	// stuck is set when it is killed for an app stuck past the timeout.
+	stuck atomic.Bool
 }
 
-func (m *member) retireNow(recycled bool) {
+// retireNow retires m, for the first cause given.
+func (m *member) retireNow(cause string) {
 	m.once.Do(func() {
-		m.recycled = recycled
+		m.cause = cause
 		close(m.retire)
 	})
+}
+
+// onPurpose reports whether m was retired on purpose, not because it died.
+func (m *member) onPurpose() bool {
+	return m.cause != ExitCrash && m.cause != ExitTimeout
 }
 
 // spawnAll starts cfg.Workers workers at once and waits until all are
@@ -75,6 +86,8 @@ func (p *Pool) spawnAll(gen int) ([]*member, error) {
 
 // spawn starts one worker and waits until it is ready.
 func (p *Pool) spawn(gen int) (*member, error) {
+	p.starting.Add(1)
+	defer p.starting.Add(-1)
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("bridge: worker output pipe: %w", err)
@@ -166,7 +179,8 @@ func (p *Pool) runSlot(m *member) {
 		p.await(m)
 		p.remove(m)
 		p.closeMember(m)
-		if m.recycled || time.Since(m.born) > 10*time.Second {
+		p.countExit(m.cause)
+		if m.onPurpose() || time.Since(m.born) > 10*time.Second {
 			backoff = 100 * time.Millisecond
 		} else {
 			// Died young: wait before the next, more each time.
@@ -230,18 +244,20 @@ func (p *Pool) await(m *member) {
 			return
 		case now := <-tick:
 			if seen.stuck(p.board.runningApp(m.slot), now, p.cfg.Timeout+m.w.cfg.StopGrace) {
-				p.log.Error("the app did not stop at the timeout; killing its worker",
-					"pid", m.w.Pid(), "timeout", p.cfg.Timeout)
-				m.w.Kill()
+				p.killStuck(m)
 			}
 		case <-m.w.Exited():
 			if p.takeIdle(m) {
 				if m.w.Leaving() {
-					m.retireNow(true)
+					m.retireNow(ExitMaxRequests)
+					return
+				}
+				if m.stuck.Load() {
+					m.retireNow(ExitTimeout)
 					return
 				}
 				p.log.Info("worker exited while idle", "pid", m.w.Pid(), "how", m.w.exitStatus())
-				m.retireNow(false)
+				m.retireNow(ExitCrash)
 				return
 			}
 			<-m.retire // it is serving: Serve sees it fail and retires it
@@ -279,9 +295,25 @@ func (p *Pool) closeMember(m *member) {
 }
 
 // freeSlot gives a gone FastCGI worker's place on the board back (-1:
-// it had none).
+// it had none), keeping what it served in the pool's counts.
 func (p *Pool) freeSlot(slot int) {
 	if slot >= 0 {
-		p.board.free(slot)
+		r := p.board.free(slot)
+		p.stat.mu.Lock()
+		p.stat.retired += r.served
+		p.stat.counts.add(r.counts)
+		p.stat.mu.Unlock()
 	}
+}
+
+// killStuck kills a FastCGI worker whose app ran past the timeout and the
+// Stop raised in it, logging first where the app is stuck when it can.
+func (p *Pool) killStuck(m *member) {
+	attrs := []any{"pid", m.w.Pid(), "timeout", p.cfg.Timeout}
+	if m.w.stacks != nil {
+		attrs = append(attrs, "stack", m.w.stuckStack())
+	}
+	p.log.Error("the app did not stop at the timeout; killing its worker", attrs...)
+	m.stuck.Store(true)
+	m.w.Kill()
 }

@@ -52,6 +52,12 @@ type Config struct {
 	// FastCGI, when set, makes the worker a FastCGI server on a listening
 	// socket instead of serving requests sent through Serve.
 	FastCGI *FastCGIConfig
+	// Stacks makes the worker give the Python stacks of its threads on
+	// request (Stacks): the slow log's, the status page's, and the log's
+	// when an app that does not stop at the timeout is killed.
+	// StackDepth is how many frames per thread that log shows (0: 20).
+	Stacks     bool
+	StackDepth int
 }
 
 // ImportError is returned when the app cannot be imported; Msg says what
@@ -94,6 +100,8 @@ type Worker struct {
 	mu       sync.Mutex
 	current  uint16 // the request being served, 0 between requests
 	stopping bool   // current was stopped: its output is not forwarded
+
+	stacks *stackPipe // with Config.Stacks
 }
 
 // Start starts a worker. It does not wait for the app to import: Ready
@@ -115,33 +123,75 @@ func Start(cfg Config) (*Worker, error) {
 	if out == nil {
 		out = os.Stderr
 	}
+	// theirs are the worker's ends of its pipes, closed here as soon as
+	// it has them (a read end left open here would let the write of its
+	// source below block for good if it died first); ours are closed too
+	// if it cannot be started.
+	var theirs, ours []*os.File
+	closeTheirs := func() {
+		for _, f := range theirs {
+			f.Close()
+		}
+		theirs = nil
+	}
+	abandon := func(err error) (*Worker, error) {
+		closeTheirs()
+		for _, f := range ours {
+			f.Close()
+		}
+		return nil, err
+	}
 	pyIn, toPy, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("bridge: worker pipe: %w", err)
 	}
+	theirs, ours = append(theirs, pyIn), append(ours, toPy)
 	fromPy, pyOut, err := os.Pipe()
 	if err != nil {
-		pyIn.Close()
-		toPy.Close()
-		return nil, fmt.Errorf("bridge: worker pipe: %w", err)
+		return abandon(fmt.Errorf("bridge: worker pipe: %w", err))
 	}
+	theirs, ours = append(theirs, pyOut), append(ours, fromPy)
 	code := pipeBundle()
 	if cfg.FastCGI != nil {
 		code = fastCGIBundle()
 	}
-	args := []string{"-c", bootstrap(len(code.data), cfg.CacheDir, code.hash)}
+	// The worker's command line: [--MODE OPTION=VALUE... --] APP
+	// [PYTHONPATH...]; a one-shot CGI worker has no options.
 	files := []*os.File{pyIn, pyOut}
+	mode, opts := "--pipe", []string(nil)
 	if cfg.FastCGI != nil {
-		args = append(args, cfg.FastCGI.args()...)
+		mode, opts = "--fastcgi", cfg.FastCGI.args()
 		files = append(files, cfg.FastCGI.Listener)
 		if cfg.FastCGI.Board != nil {
 			files = append(files, cfg.FastCGI.Lobby[0], cfg.FastCGI.Lobby[1], cfg.FastCGI.Board)
 		}
 		if fast, err := fastPathFile(); err == nil {
 			files = append(files, fast)
-			args = append(args, "fastpath="+strconv.Itoa(2+len(files)))
+			opts = append(opts, "fastpath="+strconv.Itoa(2+len(files)))
 		}
-		args = append(args, "--")
+		if cfg.FastCGI.StatusPath != "" && cfg.FastCGI.Status != nil {
+			queries, err := openStatusQueries(cfg.FastCGI.Status)
+			if err != nil {
+				return abandon(err)
+			}
+			theirs = append(theirs, queries)
+			files = append(files, queries)
+			opts = append(opts, "status="+strconv.Itoa(2+len(files)))
+		}
+	}
+	var stackR *os.File
+	if cfg.Stacks {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return abandon(fmt.Errorf("bridge: worker stack pipe: %w", err))
+		}
+		stackR, theirs, ours = r, append(theirs, w), append(ours, r)
+		files = append(files, w)
+		opts = append(opts, "stacks="+strconv.Itoa(2+len(files)))
+	}
+	args := []string{"-c", bootstrap(len(code.data), cfg.CacheDir, code.hash)}
+	if opts != nil {
+		args = append(append(append(args, mode), opts...), "--")
 	}
 	args = append(append(args, cfg.App), cfg.PythonPath...)
 	cmd := exec.Command(path, args...)
@@ -153,14 +203,10 @@ func Start(cfg Config) (*Worker, error) {
 	// Its own process group, so a kill reaches what the app started; and
 	// killed with us, so no worker outlives the bridge.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = cmd.Start()
-	pyIn.Close()
-	pyOut.Close()
-	if err != nil {
-		toPy.Close()
-		fromPy.Close()
-		return nil, fmt.Errorf("bridge: start %s: %w", path, err)
+	if err := cmd.Start(); err != nil {
+		return abandon(fmt.Errorf("bridge: start %s: %w", path, err))
 	}
+	closeTheirs()
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = 2 * time.Second
 	}
@@ -175,6 +221,9 @@ func Start(cfg Config) (*Worker, error) {
 		exited: make(chan struct{}),
 	}
 	w.log = log.With("pid", w.pid)
+	if stackR != nil {
+		w.stacks = readStacks(stackR)
+	}
 	go func() {
 		w.waitErr = cmd.Wait()
 		close(w.exited)

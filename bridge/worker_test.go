@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -703,4 +704,32 @@ func TestServeAfterWorkerGone(t *testing.T) {
 	assert.True(t, errors.Is(err, ErrWorkerDied))
 	assert.Equal(t, 502, res.Status)
 	assert.Equal(t, 502, rec.status)
+}
+
+// TestStartWhenThePythonDiesAtOnce: a worker that dies before it reads
+// its source (killed as it starts, or not Python at all) does not leave
+// Start waiting to write the source for good.
+func TestStartWhenThePythonDiesAtOnce(t *testing.T) {
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s.sock"))
+	require.NoError(t, err)
+	defer l.Close()
+	f, err := l.(*net.UnixListener).File()
+	require.NoError(t, err)
+	defer f.Close()
+	require.Greater(t, len(fastCGIBundle().data), 64<<10, "more than a pipe holds, or the write could not block")
+	done := make(chan error, 1)
+	go func() {
+		w, err := Start(Config{App: "x", Python: "true", FastCGI: &FastCGIConfig{Listener: f}})
+		if err == nil {
+			err = w.Ready(context.Background())
+			w.Close(time.Second)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		assert.Error(t, err, "a worker that is gone is not ready")
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start waited for good for a worker that died")
+	}
 }

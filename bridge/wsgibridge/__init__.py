@@ -10,6 +10,7 @@ The modules, one concern each:
     fastcgi/  the FastCGI responder: the worker answers the web server itself
     spool     the request-body spool of the FastCGI responder
     app       loading the app, and listing and watching its source files
+    stacks    the Python stacks of every thread, for the supervisor
     main      the entry point: the fds, the signals, the import, the mode
 
 The Go side sends these modules' source on fd 3 (bridge/python.go says

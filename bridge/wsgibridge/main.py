@@ -21,11 +21,12 @@ from wsgibridge.wsgi import on_stop
 
 
 def main(argv):
-    """Runs the worker: argv is [--fastcgi OPTION=VALUE... --] APP
-    [PYTHONPATH...] (bridge/worker.go and bridge/fastcgiworker.go make
-    it); returns the exit status."""
-    opts = None
-    if argv and argv[0] == "--fastcgi":
+    """Runs the worker: argv is [--MODE OPTION=VALUE... --] APP
+    [PYTHONPATH...], MODE fastcgi or pipe (the default; bridge/worker.go
+    and bridge/fastcgiworker.go make it); returns the exit status."""
+    fastcgi, opts = False, {}
+    if argv and argv[0] in ("--fastcgi", "--pipe"):
+        fastcgi = argv[0] == "--fastcgi"
         end = argv.index("--")
         opts = dict(a.split("=", 1) for a in argv[1:end])
         argv = argv[end + 1:]
@@ -36,15 +37,19 @@ def main(argv):
     # The bridge's fds are not for the app's own subprocesses: one holding
     # the listener or the lobby would keep them open after this worker.
     fds = [3, 4]
-    if opts is not None:
+    if fastcgi:
         fds.append(5)
         if "slot" in opts:
             fds += [6, 7, 8]  # the lobby's two ends and the board
-        if "fastpath" in opts:
-            fds.append(int(opts["fastpath"]))
+    for name in ("fastpath", "stacks"):
+        if name in opts:
+            fds.append(int(opts[name]))
     for fd in fds:
         os.set_inheritable(fd, False)
     _signal.signal(_signal.SIGUSR1, on_stop)
+    if "stacks" in opts:
+        from wsgibridge.stacks import install
+        install(int(opts["stacks"]))
     rin = open(3, "rb", buffering=256 * 1024)
     out = open(4, "wb", buffering=256 * 1024)
     sys.stdout.reconfigure(line_buffering=True)
@@ -62,10 +67,10 @@ def main(argv):
         send(out, IMPORT_FAILED, summary.encode("utf-8", "replace"))
         return 3
     files = app_files(spec, pythonpath)
-    if opts is not None and "reload-on-change" in opts:
+    if "reload-on-change" in opts:
         opts["files"] = watch_list(files, imported_at)
     send(out, READY, "\n".join(files).encode("utf-8", "surrogateescape"))
-    if opts is None:
+    if not fastcgi:
         return serve(app, rin, out)
     # _socket, not socket: socket imports enum, selectors and collections,
     # a MiB in every worker of an app that needs none of them.

@@ -279,6 +279,41 @@ def drip_write(environ, start_response):
     return []
 
 
+def spin(environ, start_response):
+    """Runs Python for QUERY_STRING seconds, in no call that waits."""
+    end = time.time() + float(environ.get("QUERY_STRING") or "1")
+    n = 0
+    while time.time() < end:
+        n += 1
+    return ok(start_response, b"spun")
+
+
+def wait_on_lock(lock):
+    lock.acquire()
+
+
+def lock_wait(environ, start_response):
+    """Holds a lock for QUERY_STRING seconds while a second thread waits on it."""
+    import threading
+    lock = threading.Lock()
+    lock.acquire()
+    waiter = threading.Thread(target=wait_on_lock, args=(lock,))
+    waiter.start()
+    time.sleep(float(environ.get("QUERY_STRING") or "1"))
+    lock.release()
+    waiter.join()
+    return ok(start_response, b"unlocked")
+
+
+def gate(environ, start_response):
+    """Waits for the file named in QUERY_STRING (its part before &) to exist."""
+    path = environ.get("QUERY_STRING", "").partition("&")[0]
+    deadline = time.time() + 30
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.01)
+    return ok(start_response, b"passed")
+
+
 def input_terminated(environ, start_response):
     return ok(start_response, repr(environ.get("wsgi.input_terminated")).encode())
 
@@ -357,7 +392,7 @@ ROUTES = {
     "/close-on-raise": close_on_raise, "/close": close_normal, "/file-wrapper": file_wrapper,
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
-    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/drip-write": drip_write, "/input-terminated": input_terminated,
+    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/spin": spin, "/lock-wait": lock_wait, "/gate": gate, "/drip-write": drip_write, "/input-terminated": input_terminated,
     "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
     "/inheritable": inheritable, "/lose-first-stop": lose_first(signal.SIGUSR1),
     "/lose-first-alarm": lose_first(signal.SIGALRM),

@@ -16,5 +16,6 @@ log lines, access-log entries and code changes on fd 4.
                 past its timeout
     board       the page shared with the supervisor (bridge/board.go)
     server      the event loop: accepting, keeping and passing connections
+    statuspath  the status and ping paths a worker answers itself
     fastpath    the optional C fast path (fastpath.c) and its loader
 """

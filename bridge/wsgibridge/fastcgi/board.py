@@ -1,27 +1,68 @@
-"""The board: a page of memory each FastCGI worker shares with the
-supervisor and with its peers (bridge/board.go is the Go side), where a
-worker reports by its slot what the supervisor and the other workers read
-without asking it. One byte or word per slot, SLOTS slots:
+"""The board: memory each FastCGI worker shares with the supervisor and
+with its peers, where a worker reports by its slot what the supervisor
+and the other workers read without asking it: whether it is idle (its
+peers hand it connections then), what it has served and how, and what it
+runs. bridge/board.go is the Go side and draws the layout; the two must
+agree.
 
-    offset SLOT                  1 while the worker waits for work (idle)
-    offset SERVED_AT + 8 * SLOT  the requests it has served, a little-endian
-                                 uint64 that only grows
-    offset RUNNING + SLOT        1 while its app runs under a timeout (the
-                                 supervisor kills a worker whose app stays
-                                 past it)
-
-A busy worker passes its other connections on only while a peer is idle.
+Only the idle flags and the two words about the running request are
+written on every request; the counts by status and duration only when an
+operator asked for them (Board.stats), and the running request's start
+and line only once it has run STALL_AFTER.
 """
 
-import struct
+from bisect import bisect_left
 
 SLOTS = 64
-SERVED_AT = 64
-SERVED = struct.Struct("<Q")
-RUNNING = SERVED_AT + 8 * SLOTS
+BLOCKS = 4096
+BLOCK = 512
+SIZE = BLOCKS + SLOTS * BLOCK
+
+SERVED, RUNNING, SINCE, SINCE_OF, CLASSES = 0, 1, 2, 3, 4
+BUCKETS = CLASSES + 5
+DURATIONS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # seconds
+MICROS = BUCKETS + len(DURATIONS) + 1
+LINE = MICROS + 1
+LINE_AT = (LINE + 1) * 8
 
 
-def open_board(fd):
+class Board:
+    """A worker's view of the board: the whole page (its idle flags, a byte
+    per slot, are read and written as the page's bytes) and its slot's
+    block as words."""
+
+    def __init__(self, page, slot, stats):
+        self.page = page
+        self.slot = slot
+        self.stats = stats
+        block = memoryview(page)[BLOCKS + slot * BLOCK:BLOCKS + (slot + 1) * BLOCK]
+        self.words = block.cast("Q")
+        self.line = block[LINE_AT:]
+
+    def count(self, status, seconds):
+        """Counts a request answered with status (b"200") that took seconds."""
+        words = self.words
+        words[BUCKETS + bisect_left(DURATIONS, seconds)] += 1
+        words[MICROS] += int(seconds * 1e6)
+        if 49 <= status[0] <= 53:  # b"1".."5"
+            words[CLASSES + status[0] - 49] += 1
+
+    def running(self, since_ns, method, path):
+        """Tells what the request running for a while is, and since when
+        (unix nanoseconds): method and path, the query dropped, cut to fit.
+        SINCE_OF, written last, says which request they are of: the
+        supervisor reads them only while it is the one running, so they
+        need no clearing after it."""
+        words = self.words
+        words[SINCE_OF] = 0
+        line = ("%s %s" % (method, path.partition("?")[0])).encode("latin-1", "replace")[:len(self.line)]
+        self.line[:len(line)] = line
+        words[LINE] = len(line)
+        words[SINCE] = since_ns
+        words[SINCE_OF] = words[RUNNING]
+
+
+def open_board(fd, slot, stats):
     """Maps the board the supervisor passed on fd."""
     import mmap
-    return mmap.mmap(fd, 4096)
+    return Board(mmap.mmap(fd, SIZE), slot, stats)

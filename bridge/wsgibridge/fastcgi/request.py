@@ -8,7 +8,7 @@ their turn is server's; the watch over a running request is watch's.
 import io
 
 from wsgibridge.spool import Body
-from wsgibridge.fastcgi.board import RUNNING, SERVED, SERVED_AT
+from wsgibridge.fastcgi.board import RUNNING, SERVED
 from wsgibridge.fastcgi.connection import Incomplete, Paused
 from wsgibridge.fastcgi.environ import FASTCGI_ENVIRON, Refused, make_environ
 from wsgibridge.fastcgi.records import (
@@ -16,6 +16,7 @@ from wsgibridge.fastcgi.records import (
     FCGI_PARAMS, FCGI_RESPONDER, FCGI_STDIN, FCGI_UNKNOWN_TYPE, MAX_PARAMS, MAX_PARAMS_BYTES, RECORD,
     UNKNOWN_ROLE, ConnClosed, decode_pairs, end_request)
 from wsgibridge.fastcgi.response import FastCGIResponse
+from wsgibridge.fastcgi.statuspath import path_of
 from wsgibridge.fastcgi.watch import STALL_AFTER
 from wsgibridge.frames import ACCESS, EXITING, FINISHED, LOG_WARN, send
 from wsgibridge.wsgi import run_app
@@ -239,15 +240,24 @@ class Requests:
 
     def run(self, conn, rid, req):
         self.served += 1
-        if self.board is not None:
-            SERVED.pack_into(self.board, SERVED_AT + 8 * self.slot, self.served)
+        board = self.board
+        if board is not None:
+            board.words[SERVED] = self.served
+        # started before anything: an alarm that fires before current is
+        # set must not measure this request by the last one's start.
+        self.started = self.clock()
         resp = FastCGIResponse(conn, rid, req.head, self.ctl, self.fast_head)
         try:
             if req.refused:
                 resp.refuse(req.refused)
             else:
-                self.respond(conn, rid, req, resp)
+                app = self.app
+                if self.paths is not None:
+                    app = self.paths.get(path_of(req.environ), app)
+                self.respond(conn, rid, req, resp, app)
         finally:
+            if board is not None and board.stats:
+                board.count(b"499" if resp.aborted else resp.status, self.clock() - self.started)
             if self.access_log or resp.aborted:
                 self.access(req, resp)
 
@@ -266,35 +276,33 @@ class Requests:
                             str(int((self.clock() - start) * 1e6)))).encode("utf-8", "surrogateescape")
         send(self.ctl, ACCESS, entry)
 
-    def respond(self, conn, rid, req, resp):
+    def respond(self, conn, rid, req, resp, app):
         environ = req.environ
         environ.update(FASTCGI_ENVIRON)
         environ["wsgi.input"] = req.body.reader() if req.body else io.BytesIO()
-        # started first: an alarm that fires before current is set must
-        # not measure this request by the last one's start.
-        started = self.started = self.clock()
-        timed = self.timeout or self.board is not None
+        board = self.board
+        if board is not None:
+            # What runs, for the supervisor: it kills a worker whose app
+            # runs past the timeout and the Stop raised in it.
+            board.words[RUNNING] = self.served
+        timed = self.timeout or board is not None
         if timed:
             self.stalled = False
-            self.current, self.current_resp = conn, resp
-            alarm_at = self.alarm_at
+            self.current, self.current_resp, self.current_req = conn, resp, req
+            alarm_at, started = self.alarm_at, self.started
             if alarm_at is None or alarm_at > started + STALL_AFTER:
                 self.watch(started)
-            if self.timeout and self.board is not None:
-                # The bridge kills this worker if the flag stays up past
-                # the timeout: an app stuck where Stop cannot reach it.
-                self.board[RUNNING + self.slot] = 1
         try:
-            exiting = run_app(self.app, environ, resp)
+            exiting = run_app(app, environ, resp)
         except BrokenPipeError as exc:
             raise ConnClosed(str(exc)) from None
         finally:
+            if board is not None:
+                board.words[RUNNING] = 0
             if timed:
-                if self.timeout and self.board is not None:
-                    self.board[RUNNING + self.slot] = 0
                 if self.watching:
                     self.watch_abort(False)
-                self.current = self.current_resp = None
+                self.current = self.current_resp = self.current_req = None
         if resp.aborted and not resp.gone:
             conn.send(end_request(rid))
         # Closed at once: a response that failed, or a web server that is

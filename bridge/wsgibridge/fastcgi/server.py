@@ -15,6 +15,7 @@ from wsgibridge.fastcgi.board import SLOTS, open_board
 from wsgibridge.fastcgi.connection import EPOLLIN, Conn
 from wsgibridge.fastcgi.fastpath import load_fastpath
 from wsgibridge.fastcgi.request import Requests
+from wsgibridge.fastcgi.statuspath import paths
 from wsgibridge.fastcgi.watch import Watch
 from wsgibridge.frames import CHANGED, EXITING, FINISHED, LOG, LOG_WARN, send
 
@@ -48,7 +49,7 @@ class FastCGIServer(Requests, Watch):
         self.taken = Body.taken
         self.draining = False
         self.next_sweep = 0.0
-        self.board = self.slot = self.current = self.current_resp = None
+        self.board = self.current = self.current_resp = self.current_req = None
         self.alarm_at = None  # when the alarm fires next, by self.clock; None: not armed
         self.stalled = self.watching = False
         self.started = 0.0
@@ -57,8 +58,8 @@ class FastCGIServer(Requests, Watch):
         self.allowed = frozenset(opts["allow"].split(",")) if "allow" in opts else None
         self.watched = opts.get("files")
         if "slot" in opts:
-            self.board = open_board(8)
-            self.slot = int(opts["slot"])
+            self.board = open_board(8, int(opts["slot"]), "stats" in opts)
+        self.paths = paths(opts)  # those answered here, not by the app
         self.fast = self.fast_head = self.fast_accept = None
         if "fastpath" in opts:
             self.use_fastpath(load_fastpath(int(opts["fastpath"]), self.log))
@@ -92,7 +93,9 @@ class FastCGIServer(Requests, Watch):
             self.lobby_out = _socket.socket(fileno=6)
         self.ep, self.socket = ep, _socket
         clock = time.monotonic
-        board, slot = self.board, self.slot
+        # The board's page: its idle flags, a byte per slot.
+        board = self.board.page if self.board is not None else None
+        slot = self.board.slot if self.board is not None else 0
         accept, new_socket = self.fast_accept or self.accept, _socket.socket
         family, stype = self.listener.family, self.listener.type
         hangup = select.EPOLLHUP | select.EPOLLERR

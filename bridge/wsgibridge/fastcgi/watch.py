@@ -8,6 +8,7 @@ are server's and request's.
 """
 
 import os
+import time
 
 # _signal, not signal: the signal module imports enum, 4 ms of a cold start.
 import _signal
@@ -22,8 +23,10 @@ STOP_AGAIN = 0.1  # seconds between the signals that stop a request
 
 class Watch:
     """The FastCGIServer's watch over its running request (a mixin: the
-    state is the server's: current, current_resp, started, stalled,
-    watching, alarm_at, timeout, board, conns)."""
+    state is the server's: current, current_resp, current_req, started,
+    stalled, watching, alarm_at, timeout, board, conns). A request still
+    running after STALL_AFTER is told on the board too (board.running),
+    for the status page and the slow log."""
 
     def arm(self, delay, again=0):
         delay = max(delay, 0.001)
@@ -70,6 +73,9 @@ class Watch:
             if not wsgi.app_running:
                 return self.arm(0.005)  # it is writing its response: look again soon
             self.stalled = True
+            env = self.current_req.environ
+            self.board.running(time.time_ns() - int(elapsed * 1e9), env.get("REQUEST_METHOD", ""),
+                               env.get("REQUEST_URI") or env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", ""))
             if self.timeout:
                 self.arm_timeout(elapsed)
             for conn, _ in list(self.conns.values()):

@@ -2,7 +2,7 @@
 
 import unittest
 
-from wsgibridge.fastcgi import connection, watch
+from wsgibridge.fastcgi import board, connection, watch
 from wsgibridge.tests.support import Servers, request
 
 
@@ -34,7 +34,7 @@ class WatchTest(Servers, unittest.TestCase):
             return [b"x"]
         srv = self.server(app)
         srv.socket, srv.clock, srv.timeout = _socket, lambda: now[0], 60.0
-        srv.board, srv.slot = bytearray(4096), 0
+        srv.board = board.Board(bytearray(board.SIZE), 0, False)
         for path in (b"/slow", b"/quick", b"/quick", b"/quick"):
             ours, theirs = socket.socketpair()
             self.addCleanup(ours.close)
@@ -66,7 +66,7 @@ class WatchTest(Servers, unittest.TestCase):
                 events.append("finally")
         srv = self.server(app)
         srv.socket = _socket
-        srv.board, srv.slot = bytearray(4096), 0
+        srv.board = board.Board(bytearray(board.SIZE), 0, False)
         ours, theirs = socket.socketpair()
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
