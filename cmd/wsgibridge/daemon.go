@@ -42,6 +42,9 @@ type daemonFlags struct {
 	logLevel       string
 	idleTimeout    time.Duration
 	reloadOnChange bool
+	op             operateFlags
+	// mode is the daemon's: fastcgi or http.
+	mode string
 }
 
 func (d *daemonFlags) register(fs *flag.FlagSet) {
@@ -58,11 +61,13 @@ func (d *daemonFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&d.reloadOnChange, "reload-on-change", false, "before each request, reload the app if its source files changed")
 	fs.BoolVar(&d.accessLog, "access-log", false, "log one line per request (status, duration); failed requests are always logged")
 	fs.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	d.op.register(fs)
 }
 
 // newFlagSet returns the flag set of a daemon mode with the pool flags
 // registered; the mode adds its own.
 func (d *daemonFlags) newFlagSet(mode string, stderr io.Writer) *flag.FlagSet {
+	d.mode = mode
 	fs := flag.NewFlagSet("wsgibridge "+mode, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	d.register(fs)
@@ -80,16 +85,35 @@ func (d *daemonFlags) newFlagSet(mode string, stderr io.Writer) *flag.FlagSet {
 // stop. l is closed if the pool cannot start.
 func (d *daemonFlags) serve(log *slog.Logger, l net.Listener, front func(pool *bridge.Pool, started time.Time) (<-chan error, func(context.Context) error)) int {
 	started := time.Now()
+	statusL, err := d.op.listen()
+	if err != nil {
+		log.Error("cannot serve the status", "err", err)
+		l.Close()
+		return exitUsage
+	}
 	pool, code := d.startPool(log)
 	if code != exitOK {
 		l.Close()
+		if statusL != nil {
+			statusL.Close()
+		}
 		return code
 	}
 	serveErr, shutdown := front(pool, started)
+	var queue syscall.Conn
+	if d.fastcgi != nil {
+		queue = d.fastcgi.Listener
+	} else if sc, ok := l.(syscall.Conn); ok {
+		queue = sc
+	}
+	op := d.op.start(log, pool, statusL, queue, d.mode, d.s.app, started)
 	if err := releaseExecutable(); err != nil {
 		log.Debug("the memory of starting up is kept", "err", err)
 	}
-	return d.run(log, pool, serveErr, shutdown)
+	return d.run(log, pool, serveErr, func(ctx context.Context) error {
+		defer op.stop(ctx)
+		return shutdown(ctx)
+	})
 }
 
 // setup parses the flags and the app argument (an app or a script file)
@@ -113,6 +137,10 @@ func (d *daemonFlags) setup(fs *flag.FlagSet, args []string, stderr io.Writer) (
 	}
 	if d.mount != "" && d.mount != mountKeep && !strings.HasPrefix(d.mount, "/") {
 		fmt.Fprintf(stderr, "%s: --mount wants a path like /blog, or keep\n", fs.Name())
+		return nil, exitUsage
+	}
+	if err := d.op.check(); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
 		return nil, exitUsage
 	}
 	if d.workers < 1 || d.backlog < 0 {
@@ -144,6 +172,7 @@ func (d *daemonFlags) startPool(log *slog.Logger) (*bridge.Pool, int) {
 		Worker: bridge.Config{
 			App: d.s.app, Python: d.s.python, Dir: d.s.chdir, PythonPath: d.s.pythonpath,
 			Env: env, Logger: log, CacheDir: cacheDir, FastCGI: d.fastcgi,
+			Stacks: true, StackDepth: d.op.slowDepth,
 		},
 		Workers:           d.workers,
 		Backlog:           d.backlog,

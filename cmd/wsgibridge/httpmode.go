@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -23,6 +24,10 @@ func runHTTP(args []string, stderr io.Writer) int {
 	log, code := d.setup(fs, args, stderr)
 	if code != exitOK {
 		return code
+	}
+	if d.op.statusPath != "" || d.op.pingPath != "" {
+		fmt.Fprintln(stderr, "wsgibridge http: --status-path and --ping-path are for fastcgi; --status serves the same here")
+		return exitUsage
 	}
 	l, err := fastcgi.Listen(*bind, 0o660)
 	if err != nil {

@@ -348,14 +348,17 @@ func TestFaultsUnderLoad(t *testing.T) {
 	})
 }
 
-// fcgiGet sends one FastCGI request for path, as a web server would, and
-// returns all that comes back until the connection closes.
+// fcgiGet sends one FastCGI request for path (with its query, if any),
+// as a web server would, and returns all that comes back until the
+// connection closes.
 func fcgiGet(t *testing.T, network, addr, path string) ([]byte, error) {
 	nc, err := net.Dial(network, addr)
 	require.NoError(t, err)
 	defer nc.Close()
 	require.NoError(t, nc.SetDeadline(time.Now().Add(20*time.Second)))
-	b := testutil.FCGIRequest(1, false, "", "REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "SCRIPT_NAME", path, "REQUEST_URI", path)
+	script, query, _ := strings.Cut(path, "?")
+	b := testutil.FCGIRequest(1, false, "", "REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/1.1", "SCRIPT_NAME", script,
+		"QUERY_STRING", query, "REQUEST_URI", path)
 	if _, err := nc.Write(b); err != nil {
 		return nil, err
 	}
@@ -376,6 +379,8 @@ func TestDaemonKillsStuckApp(t *testing.T) {
 	assert.NotContains(t, string(got), "slept")
 	assert.Less(t, took, 15*time.Second, "killed long before the app's 60 s sleep")
 	assert.Contains(t, d.log.String(), "the app did not stop at the timeout; killing its worker")
+	assert.Regexp(t, `killing its worker" pid=\d+ timeout=1s stack="(?:[^"\\]|\\.)*probe\.py\\", line \d+ in masked_sleep`, d.log.String(),
+		"where it was stuck, first")
 	require.Eventually(t, func() bool {
 		pids := d.workerPids(t)
 		return len(pids) == 1 && pids[0] != first[0]
