@@ -20,13 +20,15 @@ Targets, per app:
   baseline       with --baseline BIN: another wsgibridge binary (a build of an
   baseline+      earlier commit) behind the same two blocks, so a change is
                  measured against what it replaces in the same rounds
+  variant        with --variant "FLAGS": this wsgibridge started with more
+  variant+       flags ({dir} is the bench's folder), behind the same blocks
 
 Per target: req/s, p50/p99 latency, CPU microseconds per request of the
 front (nginx), the server (all its processes) and the load generator (wrk),
 and RSS and PSS of the server's processes after the load.
 
 Usage: bench/run.py [--rounds 3] [--seconds 10] [--apps hello,flask,...]
-       [--targets wsgibridge,uwsgi-fcgi,...] [--baseline BIN]
+       [--targets wsgibridge,uwsgi-fcgi,...] [--baseline BIN] [--variant FLAGS]
        [--out FILE]   (from the repository root, after make build)
 Needs Debian's nginx, wrk, uwsgi, uwsgi-plugin-python3, gunicorn,
 python3-flask and python3-django.
@@ -57,11 +59,14 @@ APPS = {
     "1mib-response": ("bulk", "big", "/", None),
     "1mib-post": ("bulk", "echo", "/", "post"),
 }
-TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+"]
+TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+",
+           "variant", "variant+"]
 BASE = "uwsgi-fcgi"
 # The process that serves a target: the recommended block reaches the same
 # wsgibridge; nginx answering by itself has no server behind it.
-SERVER_OF = {"wsgibridge+": "wsgibridge", "baseline+": "baseline", "nginx": None}
+SERVER_OF = {"wsgibridge+": "wsgibridge", "baseline+": "baseline", "variant+": "variant", "nginx": None}
+# What stands beside a wsgibridge target when asked for: the same blocks.
+BESIDE = ("baseline", "variant")
 PORTS = {t: 18300 + i for i, t in enumerate(TARGETS)}
 
 POST_LUA = """wrk.method = "POST"
@@ -160,11 +165,13 @@ class Bench:
     def start_app(self, app):
         module, func, _, _ = APPS[app]
         spec = "%s:%s" % (module, func)
-        for name, binary, sock in (("wsgibridge", os.path.join(ROOT, "bin", "wsgibridge"), "wb"),
-                                   ("baseline", self.args.baseline, "bl")):
+        own = os.path.join(ROOT, "bin", "wsgibridge")
+        variant = self.args.variant.replace("{dir}", self.dir).split() if self.args.variant else None
+        for name, binary, sock, extra in (("wsgibridge", own, "wb", []), ("baseline", self.args.baseline, "bl", []),
+                                          ("variant", own if variant else None, "va", variant)):
             if binary:
                 self.start(name, [binary, "fastcgi", "--bind", "unix:" + self.sock(sock), "--socket-mode", "0666",
-                                  "--workers", "2", "--python", PY, "--chdir", APPS_DIR, spec], name + ".log")
+                                  "--workers", "2", "--python", PY, "--chdir", APPS_DIR] + extra + [spec], name + ".log")
         self.start("uwsgi-fcgi", ["uwsgi", "--plugin", "python3", "--fastcgi-socket", self.sock("uf"), "--chmod-socket=666",
                                   "--master", "--processes", "2", "--disable-logging", "--chdir", APPS_DIR,
                                   "--module", spec], "uwsgi-fcgi.log")
@@ -195,9 +202,12 @@ http {
     upstream bl_keep { server unix:%(bl)s; keepalive 32; }
     server { listen 127.0.0.1:%(p6)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass unix:%(bl)s; } }
     server { listen 127.0.0.1:%(p7)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass bl_keep; fastcgi_keep_conn on; fastcgi_request_buffering off; } }
+    upstream va_keep { server unix:%(va)s; keepalive 32; }
+    server { listen 127.0.0.1:%(p8)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass unix:%(va)s; } }
+    server { listen 127.0.0.1:%(p9)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass va_keep; fastcgi_keep_conn on; fastcgi_request_buffering off; } }
 }
 """ % dict(user=user, d=d, wb=self.sock("wb"), uf=self.sock("uf"), un=self.sock("un"), gu=self.sock("gu"),
-           bl=self.sock("bl"), **{"p%d" % i: PORTS[t] for i, t in enumerate(TARGETS)})
+           bl=self.sock("bl"), va=self.sock("va"), **{"p%d" % i: PORTS[t] for i, t in enumerate(TARGETS)})
         with open(os.path.join(d, "nginx.conf"), "w") as f:
             f.write(conf)
         self.start("nginx", ["nginx", "-c", os.path.join(d, "nginx.conf"), "-p", d, "-g", "daemon off;"], "nginx.log")
@@ -205,10 +215,14 @@ http {
             wait_for(PORTS[t], post=APPS[app][3] == "post", what=t)
 
     def targets(self, app):
-        """The targets measured for app; a baseline goes with its block."""
-        return [t for t in TARGETS if (t != "nginx" or app == "hello") and
-                (t.replace("baseline", "wsgibridge") in self.args.targets if t.startswith("baseline")
-                 else t in self.args.targets) and (self.args.baseline or not t.startswith("baseline"))]
+        """The targets measured for app; a baseline or a variant goes with
+        its block, when asked for."""
+        def wanted(t):
+            for beside in BESIDE:
+                if t.startswith(beside):
+                    return getattr(self.args, beside) and t.replace(beside, "wsgibridge") in self.args.targets
+            return t in self.args.targets
+        return [t for t in TARGETS if (t != "nginx" or app == "hello") and wanted(t)]
 
     def wrk(self, target, app, seconds):
         """Runs wrk; returns its output and its own CPU seconds."""
@@ -291,7 +305,8 @@ print(n / 2)
                      version(["nginx", "-v"]), version(["uwsgi", "--version"]),
                      version(["gunicorn", "--version"]).split()[-1].strip("()"), version([PY, "--version"]).split()[-1],
                      git_rev()),
-                 ] + (["- baseline: another wsgibridge binary, `%s`" % os.path.basename(a.baseline)] if a.baseline else []) + [
+                 ] + (["- baseline: another wsgibridge binary, `%s`" % os.path.basename(a.baseline)] if a.baseline else []) + (
+                 ["- variant: this wsgibridge with `%s`" % a.variant] if a.variant else []) + [
                  "",
                  "## Settings", "",
                  "- nginx: 1 worker process, `access_log off`, upstreams on unix sockets; each server with 2 Python"
@@ -378,6 +393,7 @@ def main():
     ap.add_argument("--apps", default=",".join(APPS))
     ap.add_argument("--targets", default=",".join(TARGETS), help="the targets to measure (uwsgi-fcgi always)")
     ap.add_argument("--baseline", default="", help="another wsgibridge binary to measure beside this one")
+    ap.add_argument("--variant", default="", help="more flags for a second wsgibridge measured beside this one")
     ap.add_argument("--out", default="")
     ap.add_argument("--no-go", action="store_true", help="skip the Go benchmarks")
     args = ap.parse_args()
