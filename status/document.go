@@ -42,6 +42,8 @@ type Workers struct {
 
 // Requests counts what the pool answered.
 type Requests struct {
+	// Served counts the requests the workers took, the running ones
+	// included; ByStatus counts them once answered.
 	Served     uint64 `json:"served"`
 	InProgress int    `json:"in_progress"`
 	// Waiting are those waiting for a worker inside the daemon (the http

@@ -44,7 +44,7 @@ func (s *Server) OpenMetrics() []byte {
 	for _, class := range statusClasses {
 		fmt.Fprintf(&b, "wsgibridge_requests_total{class=%q} %d\n", class, d.Requests.ByStatus[class])
 	}
-	family("wsgibridge_requests_served", "counter", "", "Requests answered by the workers.")
+	family("wsgibridge_requests_served", "counter", "", "Requests the workers took, the running ones included.")
 	fmt.Fprintf(&b, "wsgibridge_requests_served_total %d\n", d.Requests.Served)
 	family("wsgibridge_requests_in_progress", "gauge", "", "Requests running in the app now.")
 	fmt.Fprintf(&b, "wsgibridge_requests_in_progress %d\n", d.Requests.InProgress)
