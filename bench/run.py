@@ -17,11 +17,13 @@ Targets, per app:
   uwsgi          uwsgi's native protocol (uwsgi_pass)
   gunicorn       gunicorn, 2 sync workers, via proxy_pass
   nginx          nginx answering by itself (return 200), the ceiling (hello)
+  wsgibridge-http  wsgibridge http, 2 workers, via proxy_pass (gunicorn's place)
   baseline       with --baseline BIN: another wsgibridge binary (a build of an
-  baseline+      earlier commit) behind the same two blocks, so a change is
-                 measured against what it replaces in the same rounds
+  baseline+      earlier commit) behind the same blocks, so a change is
+  baseline-http  measured against what it replaces in the same rounds
   variant        with --variant "FLAGS": this wsgibridge started with more
   variant+       flags ({dir} is the bench's folder), behind the same blocks
+  variant-http
 
 Per target: req/s, p50/p99 latency, CPU microseconds per request of the
 front (nginx), the server (all its processes) and the load generator (wrk),
@@ -60,7 +62,7 @@ APPS = {
     "1mib-post": ("bulk", "echo", "/", "post"),
 }
 TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+",
-           "variant", "variant+"]
+           "variant", "variant+", "wsgibridge-http", "baseline-http", "variant-http"]
 BASE = "uwsgi-fcgi"
 # The process that serves a target: the recommended block reaches the same
 # wsgibridge; nginx answering by itself has no server behind it.
@@ -172,6 +174,10 @@ class Bench:
             if binary:
                 self.start(name, [binary, "fastcgi", "--bind", "unix:" + self.sock(sock), "--socket-mode", "0666",
                                   "--workers", "2", "--python", PY, "--chdir", APPS_DIR] + extra + [spec], name + ".log")
+            if binary and name + "-http" in self.targets(app):
+                # Behind nginx's proxy_pass, as gunicorn is.
+                self.start(name + "-http", [binary, "http", "--bind", "unix:" + self.sock(sock + "h"), "--workers", "2",
+                                            "--python", PY, "--chdir", APPS_DIR] + extra + [spec], name + "-http.log")
         self.start("uwsgi-fcgi", ["uwsgi", "--plugin", "python3", "--fastcgi-socket", self.sock("uf"), "--chmod-socket=666",
                                   "--master", "--processes", "2", "--disable-logging", "--chdir", APPS_DIR,
                                   "--module", spec], "uwsgi-fcgi.log")
@@ -205,9 +211,13 @@ http {
     upstream va_keep { server unix:%(va)s; keepalive 32; }
     server { listen 127.0.0.1:%(p8)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass unix:%(va)s; } }
     server { listen 127.0.0.1:%(p9)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass va_keep; fastcgi_keep_conn on; fastcgi_request_buffering off; } }
+    server { listen 127.0.0.1:%(p10)d; location / { proxy_pass http://unix:%(wbh)s; } }
+    server { listen 127.0.0.1:%(p11)d; location / { proxy_pass http://unix:%(blh)s; } }
+    server { listen 127.0.0.1:%(p12)d; location / { proxy_pass http://unix:%(vah)s; } }
 }
 """ % dict(user=user, d=d, wb=self.sock("wb"), uf=self.sock("uf"), un=self.sock("un"), gu=self.sock("gu"),
-           bl=self.sock("bl"), va=self.sock("va"), **{"p%d" % i: PORTS[t] for i, t in enumerate(TARGETS)})
+           bl=self.sock("bl"), va=self.sock("va"), wbh=self.sock("wbh"), blh=self.sock("blh"), vah=self.sock("vah"),
+           **{"p%d" % i: PORTS[t] for i, t in enumerate(TARGETS)})
         with open(os.path.join(d, "nginx.conf"), "w") as f:
             f.write(conf)
         self.start("nginx", ["nginx", "-c", os.path.join(d, "nginx.conf"), "-p", d, "-g", "daemon off;"], "nginx.log")
@@ -311,7 +321,10 @@ print(n / 2)
                  "## Settings", "",
                  "- nginx: 1 worker process, `access_log off`, upstreams on unix sockets; each server with 2 Python"
                  " worker processes (wsgibridge `--workers 2`; uWSGI `--master --processes 2 --disable-logging`;"
-                 " gunicorn `--workers 2 --worker-class sync`).",
+                 " gunicorn `--workers 2 --worker-class sync`). wsgibridge and its `+` are `wsgibridge fastcgi` behind"
+                 " nginx's stock `fastcgi_pass` and behind the recommended block (kept connections, unbuffered"
+                 " bodies); `-http` is `wsgibridge http` behind `proxy_pass`, as gunicorn is (HTTP/1.0, a connection"
+                 " per request).",
                  "- Load: `wrk -t2 -c32 -d%ds --latency` after an unmeasured 2 s warm-up; %d rounds, targets"
                  " interleaved in each round; the POST app posts 1 MiB (`wrk -s`)." % (a.seconds, a.rounds),
                  "- req/s: median over rounds (min-max); ratio: median of the per-round ratio to %s;"
