@@ -12,6 +12,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A count, not a duration: with go1.26 a duration-based -fuzztime can end in a
 # spurious "context deadline exceeded" failure (go.dev/issue/75804).
 FUZZTIME ?= 100000x
+# FuzzBody runs each input through a Python worker: fewer, slower runs.
+FUZZTIME_BODY ?= 5000x
 
 .PHONY: build test demo deps install-packages fuzz bench clean
 
@@ -66,6 +68,8 @@ bench: deps build
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalize$$' -fuzztime $(FUZZTIME) ./bridge
 	$(GO) test -run '^$$' -fuzz '^FuzzFastCGIWorker$$' -fuzztime $(FUZZTIME) ./bridge
+	$(GO) test -run '^$$' -fuzz '^FuzzBody$$' -fuzztime $(FUZZTIME_BODY) ./bridge
+	$(GO) test -run '^$$' -fuzz '^FuzzScanner$$' -fuzztime $(FUZZTIME) ./gateway
 
 PORT ?= 8000
 demo: deps build

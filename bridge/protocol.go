@@ -15,7 +15,9 @@ package bridge
 // Bridge -> worker, per request: R (the environ, encoded as a Python marshal
 // dict of str -> str), any number of B (body bytes) and exactly one E (end of
 // body). E is always sent, also when the response ended before the body did,
-// so the worker knows where the next request starts.
+// so the worker knows where the next request starts; flag flagBroken says
+// the body broke off (payload: why), and the app's reads that reach the
+// break raise instead of giving a cut body as a whole one.
 //
 // Worker -> bridge: Y (ready; payload: the app's own source files, one per
 // line) or I (import failed, payload: what failed) once after start; then per request H (the CGI header block, "Status:" first),
@@ -56,7 +58,7 @@ const (
 // Frame flags.
 const (
 	flagRunOnce      = 1 // R: wsgi.run_once
-	flagTruncated    = 1 // E: the body ended before CONTENT_LENGTH bytes
+	flagBroken       = 1 // E: the body broke off; payload: why
 	flushData        = 1 // D: pass to the client now
 	finishedAppError = 1 // F: the response is the worker's 500 page
 	finishedExiting  = 2 // F, X: the worker exits after this request

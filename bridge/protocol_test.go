@@ -10,7 +10,7 @@ import (
 )
 
 func TestAppendHeader(t *testing.T) {
-	got := appendHeader(nil, frameBody, flagTruncated, 0x0102, 0x03040506)
+	got := appendHeader(nil, frameBody, flagBroken, 0x0102, 0x03040506)
 	assert.Equal(t, []byte{'B', 1, 1, 2, 3, 4, 5, 6}, got)
 	var buf [headerLen]byte
 	h, err := readHeader(bytes.NewReader(got), &buf)

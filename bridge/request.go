@@ -15,6 +15,16 @@ type Var struct {
 	Name, Value string
 }
 
+// lookup returns the value of the variable name in env, "" if absent.
+func lookup(env []Var, name string) string {
+	for _, v := range env {
+		if v.Name == name {
+			return v.Value
+		}
+	}
+	return ""
+}
+
 // Request is one request as the CGI contract has it.
 type Request struct {
 	// Env holds the CGI meta-variables (REQUEST_METHOD, PATH_INFO,

@@ -62,8 +62,10 @@ var (
 // its iterable is closed and the worker serves on; if the request has not
 // ended within Config.StopGrace (the app is stuck where Python cannot
 // interrupt it) the worker is killed. Serve then returns an error wrapping
-// ErrStopped, and the client gets 504 if nothing was sent yet. If the
-// worker dies, the client gets 502 and the error wraps ErrWorkerDied.
+// ErrStopped (with where the app was, when the worker could tell), and the
+// client gets 504 if nothing was sent yet; for a client that left (see
+// clientLeft) nothing is sent and the Result says 499. If the worker
+// dies, the client gets 502 and the error wraps ErrWorkerDied.
 func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Result, error) {
 	env, length, toEOF, err := normalize(req.Env)
 	if err != nil {
@@ -103,9 +105,9 @@ func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Re
 	w.wmu.Unlock()
 	var body *bodySender
 	if hasBody && werr == nil {
-		body = &bodySender{w: w, id: id, body: req.Body, remaining: length}
+		body = &bodySender{w: w, id: id, body: req.Body, env: env, remaining: length}
 		go body.run()
-		defer body.end()
+		defer body.end(true)
 	}
 	if err := w.Ready(ctx); err != nil {
 		var ie *ImportError
@@ -182,8 +184,14 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			if h.flags&finishedExiting != 0 {
 				w.unusable.Store(true)
 			}
+			var summary []byte
+			if h.size > 0 {
+				if summary, err = w.readPayload(h.size, maxLogFrame); err != nil {
+					return w.failed(ctx, rw, res, err)
+				}
+			}
 			if w.stopped() {
-				return w.stoppedResult(ctx, rw, res)
+				return w.stoppedResult(ctx, rw, res, summary)
 			}
 			if clientErr != nil {
 				return res, fmt.Errorf("bridge: write response: %w", clientErr)
@@ -198,7 +206,7 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 				return w.failed(ctx, rw, res, err)
 			}
 			if w.stopped() {
-				return w.stoppedResult(ctx, rw, res)
+				return w.stoppedResult(ctx, rw, res, msg)
 			}
 			if clientErr == nil {
 				clientErr = rw.Flush()
@@ -266,35 +274,51 @@ func (w *Worker) stopped() bool {
 }
 
 // stoppedResult ends a stopped request that the worker ended in time: the
-// worker serves on; the client gets 504 if it got nothing yet.
-func (w *Worker) stoppedResult(ctx context.Context, rw ResponseWriter, res Result) (Result, error) {
+// worker serves on; the client gets 504 if it got nothing yet, unless it
+// left (see clientLeft). where is where the app was, as the worker saw it.
+func (w *Worker) stoppedResult(ctx context.Context, rw ResponseWriter, res Result, where []byte) (Result, error) {
 	err := fmt.Errorf("bridge: %w (%v); worker pid %d stopped the app", ErrStopped, context.Cause(ctx), w.pid)
-	res.CutShort = res.Status != 0
-	if res.Status == 0 {
-		res.Status = 504
-		err = errors.Join(err, WriteError(rw, 504))
+	if len(where) > 0 {
+		err = fmt.Errorf("%w in:\n%s", err, where)
 	}
-	return res, err
+	return w.endStopped(ctx, rw, res, err, 504)
 }
 
 // failed handles a worker that stopped answering: killed after a stop
 // (504) or dead by itself (502).
 func (w *Worker) failed(ctx context.Context, rw ResponseWriter, res Result, cause error) (Result, error) {
 	w.Kill()
-	var err error
-	status := 502
 	if ctx.Err() != nil {
-		status = 504
-		err = fmt.Errorf("bridge: %w (%v); worker pid %d killed", ErrStopped, context.Cause(ctx), w.pid)
-	} else {
-		err = fmt.Errorf("bridge: %w: worker pid %d %s during the request (%v)", ErrWorkerDied, w.pid, w.exitStatus(), cause)
+		return w.endStopped(ctx, rw, res, fmt.Errorf("bridge: %w (%v); worker pid %d killed", ErrStopped, context.Cause(ctx), w.pid), 504)
 	}
+	return w.endStopped(ctx, rw, res, fmt.Errorf("bridge: %w: worker pid %d %s during the request (%v)", ErrWorkerDied, w.pid, w.exitStatus(), cause), 502)
+}
+
+// endStopped gives a request that did not end well its status: 499 when
+// the client left, else status, which the client gets if nothing was sent
+// yet. A response already under way is cut short.
+func (w *Worker) endStopped(ctx context.Context, rw ResponseWriter, res Result, err error, status int) (Result, error) {
 	res.CutShort = res.Status != 0
-	if res.Status == 0 {
+	switch {
+	case clientLeft(ctx):
+		res.Status = StatusClientLeft
+	case res.Status == 0:
 		res.Status = status
 		err = errors.Join(err, WriteError(rw, status))
 	}
 	return res, err
+}
+
+// StatusClientLeft is the status of a request whose client went away
+// before it ended, as nginx logs it.
+const StatusClientLeft = 499
+
+// clientLeft tells a request stopped because its client went away: its
+// context was canceled without a cause, as net/http cancels a request's
+// when the connection closes. Deadlines and the bridge's own stops carry
+// a cause.
+func clientLeft(ctx context.Context) bool {
+	return errors.Is(ctx.Err(), context.Canceled) && context.Cause(ctx) == context.Canceled
 }
 
 // desync handles a worker that broke the protocol: it is killed.
@@ -326,10 +350,12 @@ type bodySender struct {
 	w    *Worker
 	id   uint16
 	body io.Reader
+	env  []Var // for the log line when the body breaks
 	// Guarded by w.wmu; run reads them without it, as their only writer.
 	remaining int64 // -1: until EOF
 	sent      int64
-	ended     bool // E was sent
+	ended     bool   // E was sent
+	broken    string // why the body broke off; "" while it is whole
 }
 
 var bodyBufs = sync.Pool{New: func() any { b := make([]byte, headerLen+bodyChunk); return &b }}
@@ -351,13 +377,41 @@ func (s *bodySender) run() {
 			}
 		}
 		if rerr != nil {
-			if s.remaining > 0 {
-				s.w.log.Warn("request body ended early", "got", s.sent, "content_length", s.sent+s.remaining, "err", rerr)
-			}
+			s.breakOff(rerr)
 			break
 		}
 	}
-	s.end()
+	s.end(false)
+}
+
+// breakOff records why the body ended at err, unless it ended whole.
+// end, on the Serve side, reads s.broken under the same lock.
+func (s *bodySender) breakOff(err error) {
+	var why string
+	switch {
+	case err == io.EOF && s.remaining <= 0:
+		return
+	case err == io.EOF:
+		// A source that just ends (a CGI request's stdin).
+		why = fmt.Sprintf("the body ended after %d of its CONTENT_LENGTH %d bytes", s.sent, s.sent+s.remaining)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		if s.remaining > 0 {
+			why = fmt.Sprintf("the client sent %d of its CONTENT_LENGTH %d bytes and went away", s.sent, s.sent+s.remaining)
+		} else {
+			why = fmt.Sprintf("the client sent %d bytes of a chunked body and went away before its last chunk", s.sent)
+		}
+	default:
+		why = fmt.Sprintf("reading the body failed after %d bytes: %v", s.sent, err)
+	}
+	s.w.wmu.Lock()
+	s.broken = why
+	answered := s.ended
+	s.w.wmu.Unlock()
+	if answered {
+		return // the app answered without reading this far: no harm to tell
+	}
+	s.w.log.Warn("request body broke off",
+		"request", lookup(s.env, "REQUEST_METHOD")+" "+lookup(s.env, "REQUEST_URI"), "why", why)
 }
 
 // send writes one frame of n body bytes unless the body was ended; false
@@ -379,21 +433,27 @@ func (s *bodySender) send(frame []byte, n int) bool {
 	return true
 }
 
-// end sends the E frame once; called when the body ends and when Serve
-// returns, whichever is first.
-func (s *bodySender) end() {
+// end sends the E frame once; called by run when the body ends (cut:
+// false) and when Serve returns (cut: true), whichever is first. A body
+// that Serve's return cuts short is marked broken too; no read of the
+// app's reaches it, as the app has returned.
+func (s *bodySender) end(cut bool) {
 	s.w.wmu.Lock()
 	defer s.w.wmu.Unlock()
 	if s.ended {
 		return
 	}
 	s.ended = true
-	var flags byte
-	if s.remaining > 0 {
-		flags = flagTruncated
+	why := s.broken
+	if why == "" && cut {
+		why = "the response ended before the body did"
 	}
-	var frame [headerLen]byte
-	_, _ = s.w.toPy.Write(appendHeader(frame[:0], frameBodyEnd, flags, s.id, 0))
+	var flags byte
+	if why != "" {
+		flags = flagBroken
+	}
+	frame := appendHeader(make([]byte, 0, headerLen+len(why)), frameBodyEnd, flags, s.id, len(why))
+	_, _ = s.w.toPy.Write(append(frame, why...))
 }
 
 // WriteError writes a short error response with the given status.

@@ -42,6 +42,9 @@ ACCESS = ord("A")  # FastCGI workers: method, uri, status, bytes, microseconds
 
 # Request flags.
 RUN_ONCE = 1
+# BODY_END flag: the body broke off (the client went away, or sent a
+# malformed body); payload: why.
+BROKEN = 1
 # DATA flag.
 FLUSH = 1
 # FINISHED flags: the response is an error page made by the worker; the

@@ -7,32 +7,56 @@ rules themselves are wsgi's.
 
 import marshal
 
+from wsgibridge import wsgi
 from wsgibridge.frames import (
-    BODY, BODY_END, HEADER, REQUEST, RUN_ONCE, ProtocolError, read_exact, read_header)
-from wsgibridge.wsgi import BASE_ENVIRON, Response, run_app
+    BODY, BODY_END, BROKEN, HEADER, REQUEST, RUN_ONCE, ProtocolError, read_exact, read_header)
+from wsgibridge.wsgi import BASE_ENVIRON, BodyError, Response, run_app
 
 
 class Input:
-    """wsgi.input: the request body, read from B frames up to the E frame."""
+    """wsgi.input: the request body, read from B frames up to the E frame.
+    A body that broke off (the E frame says why) is never read as whole:
+    a read that reaches the break raises BodyError."""
 
     def __init__(self, rin, rid):
         self._rin = rin
         self._rid = rid
         self._buf = b""
         self._eof = False
+        self._broken = None  # why the body broke off
 
     def _next(self):
+        """The next piece of the body (b"" at its end). A stop that comes
+        while a frame is read waits until it is read whole: raised in the
+        middle, it would leave the rest of the frame to be read as the
+        next one's header."""
         if self._eof:
             return b""
-        kind, _, rid, n = read_header(self._rin)
-        if rid != self._rid:
-            raise ProtocolError("body frame for request %d during request %d" % (rid, self._rid))
+        running, wsgi.app_running = wsgi.app_running, False
+        try:
+            kind, flags, rid, n = read_header(self._rin)
+            if rid != self._rid:
+                raise ProtocolError("body frame for request %d during request %d" % (rid, self._rid))
+            if kind not in (BODY, BODY_END):
+                raise ProtocolError("frame %r inside a request body" % chr(kind))
+            data = read_exact(self._rin, n)
+        finally:
+            wsgi.app_running = running
         if kind == BODY_END:
             self._eof = True
-            return b""
-        if kind != BODY:
-            raise ProtocolError("frame %r inside a request body" % chr(kind))
-        return read_exact(self._rin, n)
+            if flags & BROKEN:
+                self._broken = data.decode("utf-8", "replace")
+            data = b""
+        if running and wsgi.stop_pending:
+            wsgi.stop_raised = True
+            raise wsgi.stopped()
+        return data
+
+    def _short(self, got, wanted):
+        """Raises BodyError when the body broke before it gave what a read
+        wanted (-1: all)."""
+        if self._eof and self._broken is not None and (wanted < 0 or got < wanted):
+            raise BodyError(self._broken)
 
     def drain(self):
         while not self._eof:
@@ -43,8 +67,10 @@ class Input:
             parts = [self._buf]
             while not self._eof:
                 parts.append(self._next())
-            self._buf = b""
-            return b"".join(parts)
+            self._buf = b"".join(parts)
+            self._short(0, -1)
+            data, self._buf = self._buf, b""
+            return data
         buf = self._buf
         if len(buf) < size and not self._eof:
             parts, have = [buf], len(buf)
@@ -53,6 +79,8 @@ class Input:
                 parts.append(chunk)
                 have += len(chunk)
             buf = b"".join(parts)
+        self._buf = buf
+        self._short(len(buf), size)
         self._buf = buf[size:]
         return buf[:size]
 
@@ -66,7 +94,12 @@ class Input:
             if nl >= 0:
                 end = nl + 1
                 break
-            if 0 <= size <= len(buf) or self._eof:
+            if 0 <= size <= len(buf):
+                end = len(buf)
+                break
+            if self._eof:
+                self._buf = buf
+                self._short(0, -1)  # a line that runs into the break
                 end = len(buf)
                 break
             start = len(buf)
@@ -101,6 +134,8 @@ class PipeResponse(Response):
     """A Response sent to Go as frames on out. It does not end before the
     app's close() runs: the bridge would send the next request, and
     perhaps the signal that stops it, while this one's close() still runs."""
+
+    bridge_stops = True
 
     def __init__(self, out, rid, omit_body):
         Response.__init__(self, rid, omit_body)

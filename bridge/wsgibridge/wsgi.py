@@ -21,6 +21,7 @@ from wsgibridge.frames import (
     ProtocolError)
 
 MAX_HEADER_BLOCK = 32 * 1024
+REASONS = {400: "Bad Request", 504: "Gateway Timeout"}  # of the error pages made here
 
 HOP_BY_HOP = frozenset(
     ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -58,6 +59,12 @@ def on_stop(signum, frame):
 
 def stopped():
     return Stop("the bridge stopped the request (the client went away or it ran out of time)")
+
+class BodyError(OSError):
+    """Raised by wsgi.input where the request body broke off (the client
+    went away, or sent a malformed body): the app never reads a cut body
+    as a whole one. Unhandled, the client gets 400."""
+
 
 class AppError(Exception):
     """The app broke the WSGI contract; the message names the mistake."""
@@ -182,6 +189,11 @@ class Response:
     # The client left (known under FastCGI only): the Stop that ends the
     # app then is no error of the app's.
     aborted = False
+    # Whether the bridge, which stops requests over the pipe, logs a Stop
+    # itself, knowing why it stopped (a timeout, or the client left): the
+    # worker then only tells it where the app was. A FastCGI worker
+    # stops its requests itself and reports them.
+    bridge_stops = False
 
     def __init__(self, rid, omit_body):
         self.rid = rid
@@ -256,24 +268,36 @@ class Response:
         self.flush()
 
     def fail(self, summary, exiting=False, status=500):
-        """Ends the request after an error: an error page if nothing was sent, else an abort."""
+        """Ends the request after an error: an error page if nothing was
+        sent, else an abort; both carry the summary."""
         if self.headers_sent:
             self.frame(ABORTED, summary.encode("utf-8", "replace"), EXITING if exiting else 0)
         else:
-            reason = "Gateway Timeout" if status == 504 else "Internal Server Error"
+            reason = REASONS.get(status, "Internal Server Error")
             body = reason.encode() + b"\n"
             self.frame(HEAD, b"Status: %d %s\r\n"
                        b"Content-Type: text/plain; charset=utf-8\r\n"
                        b"Content-Length: %d\r\n\r\n" % (status, reason.encode(), len(body)))
             if not self.omit_body:
                 self.frame(DATA, body)
-            self.frame(FINISHED, flags=APP_ERROR | (EXITING if exiting else 0))
+            self.frame(FINISHED, summary.encode("utf-8", "replace"),
+                       (APP_ERROR if status == 500 else 0) | (EXITING if exiting else 0))
         self.flush()
 
 
 def describe(environ):
     return "%s %s%s" % (environ.get("REQUEST_METHOD"), environ.get("SCRIPT_NAME", ""),
                         environ.get("PATH_INFO", ""))
+
+
+def where(exc):
+    """The frames where exc was raised, innermost last, without run_app's
+    above them and the signal handler's below."""
+    import traceback
+    frames = traceback.extract_tb(exc.__traceback__)[1:]
+    if frames and frames[-1].name == on_stop.__name__:
+        frames = frames[:-1]
+    return "".join(traceback.format_list(frames)).rstrip()
 
 
 def report(resp, environ, exc):
@@ -342,14 +366,16 @@ def run_app(app, environ, resp):
         app_running = False
         if resp.aborted and isinstance(exc, Stop):
             return False  # the client left: nothing to send, nothing to report
+        if resp.bridge_stops and isinstance(exc, Stop):
+            resp.fail(where(exc), False, 504)
+            return False
+        if isinstance(exc, BodyError):
+            # The client's fault, not the app's: a 400, no traceback; the
+            # bridge logged the break when it saw it.
+            resp.fail("the request body of %s broke off: %s" % (describe(environ), exc), False, 400)
+            return False
         # Interpreter state is suspect after these; a fresh worker is cheap.
         exiting = isinstance(exc, (SystemExit, KeyboardInterrupt, MemoryError))
         resp.fail(report(resp, environ, exc), exiting, 504 if isinstance(exc, Stop) else 500)
         return exiting
     return False
-
-
-# FastCGI: in the daemon the worker takes connections from the listening
-# socket itself and answers the web server directly, so a request crosses
-# no process but this one; the Go side supervises (starts, stops, reloads,
-# enforces the timeout) and hears only log lines on fd 4.

@@ -92,6 +92,39 @@ def read_all(environ, start_response):
     return ok(start_response, b"%d %d" % (len(first), len(again)))
 
 
+def read_or_error(environ, start_response):
+    """Reads the body in 64 KiB pieces; a read that raises OSError is
+    caught and named in a 200 answer, with the bytes read before it."""
+    inp, total = environ["wsgi.input"], 0
+    try:
+        while True:
+            data = inp.read(65536)
+            if not data:
+                return ok(start_response, b"whole %d" % total)
+            total += len(data)
+    except OSError as exc:
+        return ok(start_response, b"raised %s after %d: %s" % (
+            type(exc).__name__.encode(), total, str(exc).encode()))
+
+
+def digest(environ, start_response):
+    """Reads the body in QUERY_STRING-sized pieces (0: by lines) and
+    answers with its length and SHA-256, or with the OSError a read
+    raised and the bytes read before it."""
+    import hashlib
+    inp, size, got = environ["wsgi.input"], int(environ.get("QUERY_STRING") or "0"), hashlib.sha256()
+    total = 0
+    try:
+        while True:
+            data = inp.readline() if size == 0 else inp.read(size)
+            if not data:
+                return ok(start_response, b"whole %d %s" % (total, got.hexdigest().encode()))
+            got.update(data)
+            total += len(data)
+    except OSError as exc:
+        return ok(start_response, b"raised %s after %d" % (type(exc).__name__.encode(), total))
+
+
 def read_more(environ, start_response):
     """Asks for more than CONTENT_LENGTH in one read(n)."""
     data = environ["wsgi.input"].read(1 << 20)
@@ -383,7 +416,7 @@ def inheritable(environ, start_response):
 
 ROUTES = {
     "/": hello, "/hello": hello, "/environ": environ_dump, "/os-environ": os_environ,
-    "/echo": echo, "/count": count, "/read-all": read_all, "/read-more": read_more, "/readlines": readlines,
+    "/echo": echo, "/count": count, "/read-all": read_all, "/read-or-error": read_or_error, "/digest": digest, "/read-more": read_more, "/readlines": readlines,
     "/stream": stream, "/print": prints, "/raise-before": raise_before,
     "/raise-after": raise_after, "/whole-then-raise": whole_then_raise, "/empty-then-raise": empty_then_raise,
     "/empty-body": empty_body, "/write-before-start": write_before_start,

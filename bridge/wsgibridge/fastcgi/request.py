@@ -85,6 +85,7 @@ class Requests:
                 return self.serve_conn(conn)
             conn.rid, conn.pending = 0, None
             if got == ENDED:
+                self.check_body(req)
                 self.run(conn, rid, req)
             elif req.body is not None:
                 req.body.discard()
@@ -203,6 +204,17 @@ class Requests:
                 return ABORTED
             elif kind != FCGI_DATA:
                 raise ConnClosed("record type %d inside the request body" % kind)
+
+    def check_body(self, req):
+        """Refuses a request whose STDIN ended short of its CONTENT_LENGTH:
+        the app never reads a cut body as a whole one."""
+        body = req.body
+        if body is not None and body.size < body.limit:
+            self.log(LOG_WARN, "request refused: the web server ended the body of %s %s after %d of its "
+                     "CONTENT_LENGTH %d bytes" % (req.environ.get("REQUEST_METHOD"), req.environ.get("REQUEST_URI", ""),
+                                                  body.size, body.limit))
+            body.discard()
+            req.body, req.refused = None, 400
 
     def management(self, conn, kind, content):
         if kind == FCGI_GET_VALUES:

@@ -25,9 +25,10 @@ FAST = load_fastpath()
 
 
 def frame_stream(*items, rid=1):
+    """Frames from Go, each item (kind, payload) or (kind, payload, flags)."""
     out = b""
-    for kind, payload in items:
-        out += frames.HEADER.pack(ord(kind), 0, rid, len(payload)) + payload
+    for kind, payload, *flags in items:
+        out += frames.HEADER.pack(ord(kind), flags[0] if flags else 0, rid, len(payload)) + payload
     return io.BufferedReader(io.BytesIO(out))
 
 

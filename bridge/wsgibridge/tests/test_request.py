@@ -136,6 +136,27 @@ class FastCGIServeTest(Servers, unittest.TestCase):
             self.assertTrue(srv.serve_conn(connection.Conn(Wire(data))))
         self.assertEqual(seen, [True, True], "with CONTENT_LENGTH too: the input ends where STDIN does")
 
+    def test_a_body_short_of_its_length_is_refused(self):
+        ran = []
+
+        def app(environ, start_response):
+            ran.append(environ["wsgi.input"].read())
+            return echo(environ, start_response)
+        ctl = io.BytesIO()
+        srv = self.server(app, ctl)
+        data = request(b"/", body=(b"hello",)).replace(b"CONTENT_LENGTH5", b"CONTENT_LENGTH9")
+        wire = Wire(data + request(b"/", body=(b"whole",)))
+        conn = connection.Conn(wire)
+        self.assertTrue(srv.serve_conn(conn))
+        self.assertIn(b"Status: 400 Bad Request\r\n", wire.sends[0])
+        self.assertTrue(wire.sends[0].endswith(END))
+        self.assertEqual(ran, [], "the app never saw it")
+        logged = [p for k, _, p in parse(ctl.getvalue()) if k == "L"]
+        self.assertEqual(len(logged), 1)
+        self.assertIn(b"after 5 of its CONTENT_LENGTH 9 bytes", logged[0])
+        self.assertTrue(srv.serve_conn(conn))
+        self.assertEqual(ran, [b"whole"], "the next request is served")
+
     def test_a_whole_body_runs_the_app_before_its_stdin_ends(self):
         for keep in (True, False):
             with self.subTest(keep=keep):

@@ -3,6 +3,7 @@ the frames a PipeResponse writes."""
 
 import io
 import marshal
+import sys
 import unittest
 
 from wsgibridge import frames, pipe, wsgi
@@ -163,3 +164,58 @@ class StopTest(unittest.TestCase):
         with self.assertRaises(wsgi.Stop):
             write(b"chunk")
         wsgi.on_stop(None, None)
+
+
+class RunAppEndingsTest(unittest.TestCase):
+    """How run_app ends a request the bridge stopped, or whose body broke."""
+
+    def setUp(self):
+        self.buf = io.BytesIO()
+        self.resp = pipe.PipeResponse(self.buf, 1, False)
+        self.stderr = io.StringIO()
+        self.saved, sys.stderr = sys.stderr, self.stderr
+
+    def tearDown(self):
+        sys.stderr = self.saved
+        wsgi.app_running = wsgi.stop_pending = wsgi.stop_raised = False
+
+    def run_app(self, app):
+        return wsgi.run_app(app, {"REQUEST_METHOD": "POST", "PATH_INFO": "/p"}, self.resp)
+
+    def test_a_stop_tells_the_bridge_where_the_app_was(self):
+        def stuck_here(environ, start_response):
+            wsgi.on_stop(None, None)
+
+        self.assertFalse(self.run_app(stuck_here))
+        got = parse(self.buf.getvalue())
+        self.assertEqual([k for k, _, _ in got], ["H", "D", "F"])
+        self.assertTrue(got[0][2].startswith(b"Status: 504 "))
+        kind, flags, where = got[-1]
+        self.assertEqual(flags, 0, "not an app error")
+        self.assertIn(b"in stuck_here", where)
+        self.assertNotIn(b"in on_stop", where)
+        self.assertNotIn(b"in run_app", where)
+        self.assertEqual(self.stderr.getvalue(), "", "the bridge logs it, knowing why it stopped")
+
+    def test_a_broken_body_is_a_400(self):
+        def reads(environ, start_response):
+            raise wsgi.BodyError("the client sent 3 of its CONTENT_LENGTH 9 bytes and went away")
+
+        self.assertFalse(self.run_app(reads))
+        got = parse(self.buf.getvalue())
+        self.assertEqual([k for k, _, _ in got], ["H", "D", "F"])
+        self.assertTrue(got[0][2].startswith(b"Status: 400 Bad Request\r\n"))
+        self.assertEqual(got[1][2], b"Bad Request\n")
+        self.assertEqual(got[-1][1], 0, "not an app error")
+        self.assertEqual(self.stderr.getvalue(), "", "no traceback: the client's fault")
+
+    def test_a_broken_body_after_the_headers_aborts(self):
+        def reads_late(environ, start_response):
+            start_response("200 OK", [])
+            yield b"partial"
+            raise wsgi.BodyError("the client went away")
+
+        self.run_app(reads_late)
+        kind, _, why = parse(self.buf.getvalue())[-1]
+        self.assertEqual(kind, "X")
+        self.assertIn(b"broke off: the client went away", why)
