@@ -66,7 +66,7 @@ func BenchmarkPoolNoop(b *testing.B) {
 	if err := os.WriteFile(app, []byte("def application(e, s):\n    s('200 OK', [])\n    return []\n"), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	pool, err := NewPool(PoolConfig{Worker: Config{App: app, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, Workers: 1})
+	pool, err := NewPool(PoolConfig{Worker: Config{App: app, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, Workers: Size{1, 1}})
 	if err != nil {
 		b.Fatal(err)
 	}

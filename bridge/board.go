@@ -10,6 +10,8 @@ package bridge
 //
 //	offset slot                       1 while the worker waits for work
 //	                                  (idle), a byte per slot, boardSlots
+//	offset boardSlots                 1 while the pool is degraded (a crash
+//	                                  storm), for the workers' ping path
 //	offset boardBlocks + slot*boardBlock, the slot's block of native-endian
 //	uint64 words:
 //	  wordServed                      requests served; only grows
@@ -27,6 +29,8 @@ package bridge
 //	                                  for longer ones               } with status
 //	  wordMicros                      their durations' sum, microseconds }
 //	  wordLine                        the length of the request line after it
+//	  wordAccepted                    connections it took from the listening
+//	                                  socket; only grows
 //	  (bytes from boardLineAt)        the running request's method and path
 //	                                  (no query), once it has run 20 ms
 
@@ -59,7 +63,8 @@ const (
 	wordBuckets  = wordClasses + 5
 	wordMicros   = wordBuckets + 13 // len(DurationBuckets) + 1
 	wordLine     = wordMicros + 1
-	boardLineAt  = (wordLine + 1) * 8
+	wordAccepted = wordLine + 1
+	boardLineAt  = (wordAccepted + 1) * 8
 	boardLineMax = boardBlock - boardLineAt
 )
 
@@ -74,12 +79,13 @@ type board struct {
 
 // slotReport is what a worker reported in its slot.
 type slotReport struct {
-	idle    bool
-	served  uint64
-	running uint64    // the request running, or 0
-	since   time.Time // its start, when it has run 20 ms; else zero
-	line    string    // its method and path, likewise
-	counts  counts
+	idle     bool
+	served   uint64
+	accepted uint64
+	running  uint64    // the request running, or 0
+	since    time.Time // its start, when it has run 20 ms; else zero
+	line     string    // its method and path, likewise
+	counts   counts
 }
 
 // counts are a worker's (or the pool's) request counters.
@@ -157,7 +163,8 @@ func (b *board) read(slot int) slotReport {
 }
 
 func (b *board) readLocked(slot int) slotReport {
-	r := slotReport{idle: b.data[slot] == 1, served: b.word(slot, wordServed), running: b.word(slot, wordRunning)}
+	r := slotReport{idle: b.data[slot] == 1, served: b.word(slot, wordServed), running: b.word(slot, wordRunning),
+		accepted: b.word(slot, wordAccepted)}
 	for i := range r.counts.classes {
 		r.counts.classes[i] = b.word(slot, wordClasses+i)
 	}
@@ -176,6 +183,15 @@ func (b *board) readLocked(slot int) slotReport {
 	return r
 }
 
+// peek returns what the monitor reads of the worker in slot each round:
+// whether it is idle, what it served and how many connections it took;
+// the rest of read's report, which allocates, it needs not.
+func (b *board) peek(slot int) (idle bool, served, accepted uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.data[slot] == 1, b.word(slot, wordServed), b.word(slot, wordAccepted)
+}
+
 // activity returns a number that changes whenever a request is served,
 // and whether a worker is serving one now.
 func (b *board) activity() (served uint64, busy bool) {
@@ -189,6 +205,16 @@ func (b *board) activity() (served uint64, busy bool) {
 		busy = busy || b.data[i] == 0
 	}
 	return served, busy
+}
+
+// setDegraded sets the flag that tells the workers the pool is degraded.
+func (b *board) setDegraded(on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.data[boardSlots] = 0
+	if on {
+		b.data[boardSlots] = 1
+	}
 }
 
 // runningApp returns the number of the request the worker in slot runs,

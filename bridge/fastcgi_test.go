@@ -36,6 +36,14 @@ func startFCGIPool(t testing.TB, workers int, callable string) *fcgiPool {
 // FastCGI settings.
 func startFCGIPoolApp(t testing.TB, workers int, app string, set ...func(*FastCGIConfig)) *fcgiPool {
 	t.Helper()
+	return startFCGIPoolSized(t, Size{workers, workers}, nil, app, set...)
+}
+
+// startFCGIPoolSized is startFCGIPoolApp for a pool of any size; pool, if
+// not nil, changes the pool's settings.
+func startFCGIPoolSized(t testing.TB, size Size, pool func(*PoolConfig), app string, set ...func(*FastCGIConfig)) *fcgiPool {
+	t.Helper()
+	workers := size.Max
 	sock := filepath.Join(t.TempDir(), "w.sock")
 	l, err := net.Listen("unix", sock)
 	require.NoError(t, err)
@@ -49,18 +57,22 @@ func startFCGIPoolApp(t testing.TB, workers int, app string, set ...func(*FastCG
 	for _, s := range set {
 		s(fc)
 	}
-	pool, err := NewPool(PoolConfig{
+	cfg := PoolConfig{
 		Worker:  Config{App: app, Logger: slog.New(slog.NewTextHandler(log, nil)), FastCGI: fc, Stacks: true},
-		Workers: workers,
-	})
+		Workers: size,
+	}
+	if pool != nil {
+		pool(&cfg)
+	}
+	p, err := NewPool(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		assert.NoError(t, pool.Shutdown(ctx))
+		assert.NoError(t, p.Shutdown(ctx))
 		f.Close()
 	})
-	return &fcgiPool{sock: sock, log: log, pool: pool}
+	return &fcgiPool{sock: sock, log: log, pool: p}
 }
 
 // exchange sends b on a fresh connection, closes the connection's writing
@@ -68,13 +80,29 @@ func startFCGIPoolApp(t testing.TB, workers int, app string, set ...func(*FastCG
 // sent until it closed the connection.
 func (p *fcgiPool) exchange(t testing.TB, b []byte) []byte {
 	t.Helper()
+	return p.send(t, b, true)
+}
+
+// request sends b, a request that does not keep its connection, on a
+// fresh connection left open as a web server waiting for the response
+// does (a worker takes a closed one for a web server gone), and returns
+// what the worker sent until it closed it.
+func (p *fcgiPool) request(t testing.TB, b []byte) []byte {
+	t.Helper()
+	return p.send(t, b, false)
+}
+
+func (p *fcgiPool) send(t testing.TB, b []byte, closeWrite bool) []byte {
+	t.Helper()
 	nc, err := net.Dial("unix", p.sock)
 	require.NoError(t, err)
 	defer nc.Close()
 	require.NoError(t, nc.SetDeadline(time.Now().Add(20*time.Second)))
 	// The worker may close the connection before reading all of b.
 	_, _ = nc.Write(b)
-	_ = nc.(*net.UnixConn).CloseWrite()
+	if closeWrite {
+		_ = nc.(*net.UnixConn).CloseWrite()
+	}
 	got, err := io.ReadAll(nc)
 	if err != nil && !strings.Contains(err.Error(), "connection reset") {
 		require.NoError(t, err, "the worker answers and closes the connection")

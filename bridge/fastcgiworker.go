@@ -35,7 +35,8 @@ type FastCGIConfig struct {
 	HeaderTimeout time.Duration
 	// MaxRequests: the worker exits after serving that many. 0: never.
 	MaxRequests int
-	// Workers is reported to web servers as FCGI_MAX_CONNS and _REQS.
+	// Workers is reported to web servers as FCGI_MAX_CONNS and _REQS:
+	// the most workers the pool runs.
 	Workers int
 	// Shared, set by the pool: the two ends of the socket on which busy
 	// workers pass ready connections to idle ones, the board where each

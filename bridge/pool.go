@@ -23,14 +23,21 @@ type PoolConfig struct {
 	// Worker says how to start each worker. Its Output is replaced: the
 	// pool logs each line the worker prints.
 	Worker Config
-	// Workers is the number of workers. Default 2.
-	Workers int
-	// Backlog is how many requests may wait for a worker; beyond it a
-	// request is refused at once with 503. Default 64.
-	Backlog int
+	// Workers is how many workers run: a fixed number, or between a
+	// least and a most (see Size). Default 2.
+	Workers Size
+	// WorkerIdle retires a worker of an elastic pool idle that long,
+	// down to Workers.Min. Default 10 s.
+	WorkerIdle time.Duration
+	// Backlog is how many requests may wait for a worker, and
+	// QueueTimeout how long one may; beyond either a request is answered
+	// 503 at once (FastCGI: with FCGI_OVERLOADED; see backlog.go).
+	// Defaults 64 and 10 s.
+	Backlog      int
+	QueueTimeout time.Duration
 	// Timeout ends a request stuck in the app: the worker is killed and
-	// replaced, and the client gets 504 if nothing was sent yet. It also
-	// bounds the wait for a worker (then 503). 0: no limit.
+	// replaced, and the client gets 504 if nothing was sent yet. 0: no
+	// limit.
 	Timeout time.Duration
 	// ImportTimeout bounds a worker's start, the app's import included.
 	// Default 60 s.
@@ -40,8 +47,12 @@ type PoolConfig struct {
 	// 0: never.
 	MaxRequests       int
 	MaxRequestsJitter int
+	// MaxRSS recycles a worker whose resident memory passed it, in
+	// bytes, after its current request (see memory.go). 0: no limit.
+	MaxRSS int64
 	// GraceTimeout is how long a retired worker may take to exit after
-	// its request pipe closes before it is killed. Default 5 s.
+	// its request pipe closes before it is killed (a FastCGI worker's
+	// request in progress has Timeout besides). Default 5 s.
 	GraceTimeout time.Duration
 }
 
@@ -68,18 +79,23 @@ type Pool struct {
 	members   map[*member]struct{} // every started, not yet closed member
 	idle      []*member
 	waiters   []chan *member
-	live      int // ready members of the current generation
+	live      int  // ready members of the current generation
+	size      int  // slots of the current generation, a growing one included
+	growing   bool // a worker is being added (see grow)
 	failing   bool
 	closing   bool
 	lastFull  time.Time
-	slots     sync.WaitGroup
+	slots     sync.WaitGroup // the slots, the growing and the monitor
+	stop      chan struct{}  // closed at shutdown, for the monitor
 	reloading sync.Mutex
 
 	timeoutCause error
 
 	// For FastCGI workers: see FastCGIConfig.
-	lobby [2]*os.File
-	board *board
+	lobby   [2]*os.File
+	board   *board
+	backlog backlog
+	storm   storm // under mu
 	// changeSeen is the generation whose code change started a reload.
 	changeSeen int
 
@@ -89,8 +105,9 @@ type Pool struct {
 	lastSeen    atomic.Int64
 	boardServed atomic.Uint64
 
-	starting atomic.Int32 // workers importing the app
-	stat     poolStat
+	starting  atomic.Int32 // workers importing the app
+	heartbeat atomic.Int64 // the monitor's last round, unix nanoseconds
+	stat      poolStat
 }
 
 // codeChanged reloads the pool once when a worker of generation gen says
@@ -131,15 +148,17 @@ type PoolStats struct {
 // If the app fails to import, NewPool stops what it started and returns
 // the *ImportError.
 func NewPool(cfg PoolConfig) (*Pool, error) {
-	setDefault(&cfg.Workers, 2)
+	setDefault(&cfg.Workers, Size{2, 2})
+	setDefault(&cfg.WorkerIdle, 10*time.Second)
 	setDefault(&cfg.Backlog, 64)
+	setDefault(&cfg.QueueTimeout, 10*time.Second)
 	setDefault(&cfg.ImportTimeout, 60*time.Second)
 	setDefault(&cfg.GraceTimeout, 5*time.Second)
 	log := cfg.Worker.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Pool{cfg: cfg, log: log, gen: 1, members: map[*member]struct{}{},
+	p := &Pool{cfg: cfg, log: log, gen: 1, members: map[*member]struct{}{}, stop: make(chan struct{}),
 		timeoutCause: fmt.Errorf("the app ran longer than the %v timeout", cfg.Timeout)}
 	if cfg.Worker.FastCGI != nil {
 		var err error
@@ -149,17 +168,22 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		if p.board, err = openBoard(); err != nil {
 			return nil, err
 		}
+		p.backlog.refusing = make(chan struct{}, maxRefusing)
 	}
 	p.lastSeen.Store(time.Now().UnixNano())
-	ms, err := p.spawnAll(p.gen)
+	p.heartbeat.Store(time.Now().UnixNano())
+	ms, err := p.spawnAll(p.gen, cfg.Workers.Min)
 	if err != nil {
 		return nil, err
 	}
 	p.mu.Lock()
+	p.size = len(ms)
 	for _, m := range ms {
 		p.startSlot(m)
 	}
 	p.mu.Unlock()
+	p.slots.Add(1)
+	go p.monitor()
 	return p, nil
 }
 
@@ -179,8 +203,11 @@ func (p *Pool) Reload() error {
 	defer p.reloading.Unlock()
 	p.mu.Lock()
 	gen := p.gen + 1
+	// The workers that run now are replaced, however many an elastic
+	// pool has grown to.
+	n := max(p.live, p.cfg.Workers.Min)
 	p.mu.Unlock()
-	ms, err := p.spawnAll(gen)
+	ms, err := p.spawnAll(gen, n)
 	if err != nil {
 		return fmt.Errorf("bridge: reload failed, the running workers stay: %w", err)
 	}
@@ -197,6 +224,7 @@ func (p *Pool) Reload() error {
 	old := p.idle
 	p.idle = nil
 	p.live = 0
+	p.size = len(ms)
 	for _, m := range ms {
 		p.startSlot(m)
 	}
@@ -211,11 +239,11 @@ func (p *Pool) Reload() error {
 // killed. Shutdown returns when every worker is gone.
 func (p *Pool) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
-	p.closing = true
-	for _, ch := range p.waiters {
-		close(ch)
+	if !p.closing {
+		close(p.stop)
 	}
-	p.waiters = nil
+	p.closing = true
+	p.closeWaiters()
 	for _, m := range p.idle {
 		m.retireNow(ExitShutdown)
 	}

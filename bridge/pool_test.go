@@ -29,7 +29,7 @@ func newPool(t *testing.T, app string, configure func(*PoolConfig)) *poolHarness
 	h := &poolHarness{t: t, log: &syncBuffer{}}
 	cfg := PoolConfig{
 		Worker:  Config{App: app, Logger: slog.New(slog.NewTextHandler(h.log, nil))},
-		Workers: 2,
+		Workers: Size{2, 2},
 	}
 	if configure != nil {
 		configure(&cfg)
@@ -94,7 +94,7 @@ func TestPoolServesConcurrently(t *testing.T) {
 }
 
 func TestPoolImportFailure(t *testing.T) {
-	_, err := NewPool(PoolConfig{Worker: Config{App: "no_such_app_module", Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))}, Workers: 2})
+	_, err := NewPool(PoolConfig{Worker: Config{App: "no_such_app_module", Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))}, Workers: Size{2, 2}})
 	var ie *ImportError
 	require.ErrorAs(t, err, &ie)
 	assert.Contains(t, ie.Msg, "No module named 'no_such_app_module'")
@@ -146,7 +146,7 @@ func TestPoolTimeout(t *testing.T) {
 }
 
 func TestPoolBacklog(t *testing.T) {
-	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers, c.Backlog = 1, 1 })
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers, c.Backlog = Size{1, 1}, 1 })
 	results := make(chan Result, 2)
 	for i := 0; i < 2; i++ {
 		go func() {
@@ -165,7 +165,7 @@ func TestPoolBacklog(t *testing.T) {
 }
 
 func TestPoolMaxRequests(t *testing.T) {
-	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers, c.MaxRequests = 1, 3 })
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers, c.MaxRequests = Size{1, 1}, 3 })
 	var pids []string
 	for i := 0; i < 9; i++ {
 		rec, res, err := h.get("/pid")
@@ -181,7 +181,7 @@ func TestPoolMaxRequests(t *testing.T) {
 }
 
 func TestPoolSysExitDoesNotFailNextRequest(t *testing.T) {
-	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers = 1 })
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers = Size{1, 1} })
 	_, res, err := h.get("/sys-exit")
 	require.NoError(t, err)
 	assert.Equal(t, 500, res.Status)
@@ -274,7 +274,7 @@ func TestPoolShutdownDrains(t *testing.T) {
 }
 
 func TestPoolShutdownKillsAfterDeadline(t *testing.T) {
-	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers = 1 })
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers = Size{1, 1} })
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := h.get("/sleep", "QUERY_STRING", "60")

@@ -2,9 +2,10 @@ package bridge
 
 // This file holds a pool's queue: its idle workers, and the requests
 // waiting for one (those Serve sends over the frames, the http mode's),
-// in order, bounded by Backlog and by the timeout; a request no worker
-// can take gets 503. FastCGI workers take their requests from the
-// listening socket themselves; the idle list only holds them.
+// in order, bounded by Backlog and QueueTimeout; a request no worker can
+// take gets 503. FastCGI workers take their requests from the listening
+// socket themselves (their wait is backlog.go's); the idle list only
+// holds them.
 
 import (
 	"context"
@@ -74,9 +75,14 @@ func (p *Pool) dropIdle(m *member) bool {
 func (p *Pool) wakeWaitersIfNoWorkers() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.failing {
-		return
+	if p.failing {
+		p.closeWaiters()
 	}
+}
+
+// closeWaiters wakes every waiting request with no worker; the caller
+// holds p.mu.
+func (p *Pool) closeWaiters() {
 	for _, ch := range p.waiters {
 		close(ch)
 	}
@@ -104,6 +110,7 @@ func (p *Pool) acquire(ctx context.Context) (*member, error) {
 		p.mu.Unlock()
 		return nil, ErrNoWorkers
 	}
+	p.growLocked()
 	if len(p.waiters) >= p.cfg.Backlog {
 		now := time.Now()
 		warn := now.Sub(p.lastFull) > 10*time.Second
@@ -113,7 +120,7 @@ func (p *Pool) acquire(ctx context.Context) (*member, error) {
 		p.mu.Unlock()
 		if warn {
 			p.log.Warn("every worker is busy and the queue is full: refusing requests with 503 (raise --workers or --backlog)",
-				"workers", p.cfg.Workers, "backlog", p.cfg.Backlog)
+				"workers", p.cfg.Workers.String(), "backlog", p.cfg.Backlog)
 		}
 		return nil, ErrOverloaded
 	}
@@ -121,12 +128,9 @@ func (p *Pool) acquire(ctx context.Context) (*member, error) {
 	p.waiters = append(p.waiters, ch)
 	p.mu.Unlock()
 
-	var timeout <-chan time.Time
-	if p.cfg.Timeout > 0 {
-		t := time.NewTimer(p.cfg.Timeout)
-		defer t.Stop()
-		timeout = t.C
-	}
+	t := time.NewTimer(p.cfg.QueueTimeout)
+	defer t.Stop()
+	timeout := t.C
 	var err error
 	select {
 	case m, ok := <-ch:
@@ -177,6 +181,7 @@ func (p *Pool) release(m *member) {
 		}
 		return
 	}
+	m.lastActive.Store(time.Now().UnixNano())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
@@ -186,6 +191,8 @@ func (p *Pool) release(m *member) {
 		m.retireNow(ExitReload)
 	case m.limit > 0 && int(m.served.Load()) >= m.limit:
 		m.retireNow(ExitMaxRequests)
+	case m.overMemory:
+		m.retireNow(ExitMaxRSS)
 	default:
 		p.handOff(m)
 	}

@@ -12,8 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +37,14 @@ type member struct {
 	running atomic.Pointer[current]
 	// stuck is set when it is killed for an app stuck past the timeout.
 	stuck atomic.Bool
+	// lastActive is when it was last seen serving, unix nanoseconds;
+	// seenServed, for a FastCGI worker, its count on the board then
+	// (the monitor's, under p.mu).
+	lastActive atomic.Int64
+	seenServed uint64
+	// overMemory: it passed MaxRSS and leaves after its request (under
+	// p.mu).
+	overMemory bool
 }
 
 // retireNow retires m, for the first cause given.
@@ -49,11 +60,11 @@ func (m *member) onPurpose() bool {
 	return m.cause != ExitCrash && m.cause != ExitTimeout
 }
 
-// spawnAll starts cfg.Workers workers at once and waits until all are
-// ready; on any failure it closes them all.
-func (p *Pool) spawnAll(gen int) ([]*member, error) {
-	ms := make([]*member, p.cfg.Workers)
-	errs := make([]error, p.cfg.Workers)
+// spawnAll starts n workers at once and waits until all are ready; on
+// any failure it closes them all.
+func (p *Pool) spawnAll(gen, n int) ([]*member, error) {
+	ms := make([]*member, n)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range ms {
 		wg.Add(1)
@@ -123,6 +134,7 @@ func (p *Pool) spawn(gen int) (*member, error) {
 		return nil, err
 	}
 	m := &member{w: wk, gen: gen, born: time.Now(), retire: make(chan struct{}), slot: slot}
+	m.lastActive.Store(m.born.UnixNano())
 	if p.cfg.MaxRequests > 0 {
 		m.limit = p.cfg.MaxRequests + rand.IntN(p.cfg.MaxRequestsJitter+1)
 	}
@@ -178,8 +190,20 @@ func (p *Pool) runSlot(m *member) {
 	for {
 		p.await(m)
 		p.remove(m)
+		young := p.youngDeath(m)
 		p.closeMember(m)
 		p.countExit(m.cause)
+		if young {
+			p.diedYoung("worker pid " + strconv.Itoa(m.w.Pid()) + " " + m.w.exitStatus())
+		}
+		if m.cause == ExitIdle {
+			p.mu.Lock()
+			if m.gen == p.gen {
+				p.size--
+			}
+			p.mu.Unlock()
+			return
+		}
 		if m.onPurpose() || time.Since(m.born) > 10*time.Second {
 			backoff = 100 * time.Millisecond
 		} else {
@@ -201,7 +225,8 @@ func (p *Pool) runSlot(m *member) {
 			p.failing = p.live == 0
 			p.mu.Unlock()
 			p.wakeWaitersIfNoWorkers()
-			p.log.Error("worker could not be started; retrying", "in", backoff, "err", err)
+			p.diedYoung(err.Error())
+			p.log.Log(context.Background(), p.deathLevel(slog.LevelError), "worker could not be started; retrying", "in", backoff, "err", err)
 			if !p.sleepUnlessStopped(gen, backoff) {
 				return
 			}
@@ -256,7 +281,7 @@ func (p *Pool) await(m *member) {
 					m.retireNow(ExitTimeout)
 					return
 				}
-				p.log.Info("worker exited while idle", "pid", m.w.Pid(), "how", m.w.exitStatus())
+				p.log.Log(context.Background(), p.deathLevel(slog.LevelInfo), "worker exited while idle", "pid", m.w.Pid(), "how", m.w.exitStatus())
 				m.retireNow(ExitCrash)
 				return
 			}
@@ -286,8 +311,19 @@ func (s *stuckWatch) stuck(run uint64, now time.Time, limit time.Duration) bool 
 	return now.Sub(s.since) > limit
 }
 
+// closeMember stops m and waits until it is gone. A FastCGI worker may be
+// in a request, which it finishes first: it gets as long as the timeout
+// gives the request besides the grace, and, without a timeout, as long as
+// it takes (a shutdown's deadline kills it then).
 func (p *Pool) closeMember(m *member) {
-	m.w.Close(p.cfg.GraceTimeout)
+	grace := p.cfg.GraceTimeout
+	if m.slot >= 0 {
+		grace = time.Duration(math.MaxInt64)
+		if p.cfg.Timeout > 0 {
+			grace = p.cfg.GraceTimeout + p.cfg.Timeout + m.w.cfg.StopGrace
+		}
+	}
+	m.w.Close(grace)
 	p.freeSlot(m.slot)
 	p.mu.Lock()
 	delete(p.members, m)
@@ -299,6 +335,9 @@ func (p *Pool) closeMember(m *member) {
 func (p *Pool) freeSlot(slot int) {
 	if slot >= 0 {
 		r := p.board.free(slot)
+		p.mu.Lock()
+		p.backlog.retired += r.accepted
+		p.mu.Unlock()
 		p.stat.mu.Lock()
 		p.stat.retired += r.served
 		p.stat.counts.add(r.counts)

@@ -21,17 +21,21 @@ const (
 	ExitCrash       = "crash"        // died by itself (a signal, an exit)
 	ExitTimeout     = "timeout"      // killed: its app did not stop at the timeout
 	ExitShutdown    = "shutdown"     // stopped with the pool
+	ExitIdle        = "idle"         // an elastic pool shrank
+	ExitMaxRSS      = "max-rss"      // recycled after its memory passed the limit
 )
 
 // ExitCauses lists the causes of Status.Exits, in the order to show them.
-var ExitCauses = []string{ExitMaxRequests, ExitReload, ExitCrash, ExitTimeout, ExitShutdown}
+var ExitCauses = []string{ExitMaxRequests, ExitReload, ExitCrash, ExitTimeout, ExitShutdown, ExitIdle, ExitMaxRSS}
 
 // Status is a snapshot of a pool.
 type Status struct {
-	// Workers is how many the pool keeps; Alive counts those running
-	// (more than Workers during a reload), Busy those running a request,
-	// Idle the others, Starting those importing the app.
-	Workers, Alive, Busy, Idle, Starting int
+	// Workers is how many the pool may keep, and Size how many it keeps
+	// now (both ends of Workers for a fixed pool); Alive counts those
+	// running (more than Size during a reload), Busy those running a
+	// request, Idle the others, Starting those importing the app.
+	Workers                           Size
+	Size, Alive, Busy, Idle, Starting int
 	// Served counts the requests answered; InProgress those running;
 	// Waiting those waiting for a worker of the http mode (FastCGI
 	// requests wait in the socket's listen queue); Refused those
@@ -57,6 +61,16 @@ type Status struct {
 	Duration time.Duration
 	// Rows has a row per worker, the oldest first.
 	Rows []WorkerStatus
+	// Degraded, when not nil, is the crash storm the pool is in.
+	Degraded *Degraded
+}
+
+// Degraded is a crash storm (see storm.go): since when, how many workers
+// died young in it, and the last one's cause.
+type Degraded struct {
+	Since  time.Time
+	Deaths int
+	Last   string
 }
 
 // WorkerStatus is one worker in a Status.
@@ -64,6 +78,7 @@ type WorkerStatus struct {
 	Pid     int
 	Started time.Time
 	Served  uint64
+	RSS     int64 // resident memory in bytes, 0 if unknown
 	// Busy says it runs a request: Request, when known, is its method
 	// and path (no query, no header), and Since its start. A FastCGI
 	// worker tells them once the request has run 20 ms.
@@ -142,11 +157,16 @@ func (p *Pool) Status() Status {
 	for m := range p.members {
 		members = append(members, m)
 	}
-	waiting := len(p.waiters)
+	waiting, size := len(p.waiters), p.size
+	var degraded *Degraded
+	if p.storm.on {
+		degraded = &Degraded{Since: p.storm.since, Deaths: p.storm.deaths, Last: p.storm.last}
+	}
 	p.mu.Unlock()
 	slices.SortFunc(members, func(a, b *member) int { return a.born.Compare(b.born) })
 
-	s := Status{Workers: p.cfg.Workers, Starting: int(p.starting.Load()), Waiting: waiting, Exits: map[string]uint64{}}
+	s := Status{Workers: p.cfg.Workers, Size: size, Starting: int(p.starting.Load()), Waiting: waiting,
+		Exits: map[string]uint64{}, Degraded: degraded}
 	p.stat.mu.Lock()
 	s.Served = p.stat.served + p.stat.retired
 	c := p.stat.counts
@@ -160,7 +180,7 @@ func (p *Pool) Status() Status {
 		if !m.w.Usable() {
 			continue
 		}
-		row := WorkerStatus{Pid: m.w.Pid(), Started: m.born}
+		row := WorkerStatus{Pid: m.w.Pid(), Started: m.born, RSS: residentBytes(m.w.Pid())}
 		if m.slot >= 0 {
 			r := p.board.read(m.slot)
 			row.Served, row.Busy, row.Request, row.Since = r.served, r.running != 0, r.line, r.since

@@ -77,6 +77,10 @@ func removeStale(path string) error {
 func Inherited() (net.Listener, error) {
 	if pid, err := strconv.Atoi(os.Getenv("LISTEN_PID")); err == nil && pid == os.Getpid() {
 		if n, err := strconv.Atoi(os.Getenv("LISTEN_FDS")); err == nil && n >= 1 {
+			// Ours alone, as sd_listen_fds(1) has it: not the workers'.
+			for _, name := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
+				os.Unsetenv(name)
+			}
 			return fileListener(3, "systemd socket")
 		}
 	}

@@ -62,8 +62,9 @@ func unixQueue(fd int) (int, int, error) {
 		return 0, 0, fmt.Errorf("fastcgi: listen queue: netlink: %w", err)
 	}
 	defer syscall.Close(nl)
-	// nlmsghdr (16 bytes), then unix_diag_req (24 bytes).
-	req := make([]byte, 16+24)
+	// nlmsghdr (16 bytes), then unix_diag_req (24 bytes). On the stack,
+	// as the answer's buffer: the pool's monitor asks often.
+	var req [16 + 24]byte
 	ne := binary.NativeEndian
 	ne.PutUint32(req[0:], uint32(len(req)))
 	ne.PutUint16(req[4:], sockDiagByFamily)
@@ -75,29 +76,31 @@ func unixQueue(fd int) (int, int, error) {
 	ne.PutUint32(req[28:], unixDiagShowRQLen)
 	ne.PutUint32(req[32:], ^uint32(0)) // no cookie
 	ne.PutUint32(req[36:], ^uint32(0))
-	if err := syscall.Sendto(nl, req, 0, &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}); err != nil {
-		return 0, 0, fmt.Errorf("fastcgi: listen queue: netlink: %w", err)
+	if _, _, errno := syscall.Syscall6(syscall.SYS_SENDTO, uintptr(nl), uintptr(unsafe.Pointer(&req[0])), uintptr(len(req)), 0, 0, 0); errno != 0 {
+		return 0, 0, fmt.Errorf("fastcgi: listen queue: netlink: %w", errno)
 	}
-	buf := make([]byte, 4096)
-	n, _, err := syscall.Recvfrom(nl, buf, 0)
-	if err != nil {
-		return 0, 0, fmt.Errorf("fastcgi: listen queue: netlink: %w", err)
+	var buf [4096]byte
+	got, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, uintptr(nl), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0, 0, 0)
+	if errno != 0 {
+		return 0, 0, fmt.Errorf("fastcgi: listen queue: netlink: %w", errno)
 	}
-	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-	if err != nil {
-		return 0, 0, fmt.Errorf("fastcgi: listen queue: netlink: %w", err)
-	}
-	for _, m := range msgs {
-		switch m.Header.Type {
+	// The netlink messages: nlmsghdr (length, type, ...), then the data.
+	for msg := buf[:got]; len(msg) >= 16; {
+		l := int(ne.Uint32(msg))
+		if l < 16 || l > len(msg) {
+			break
+		}
+		data := msg[16:l]
+		switch ne.Uint16(msg[4:]) {
 		case syscall.NLMSG_ERROR:
-			if len(m.Data) >= 4 {
-				if errno := -int32(ne.Uint32(m.Data)); errno != 0 {
+			if len(data) >= 4 {
+				if errno := -int32(ne.Uint32(data)); errno != 0 {
 					return 0, 0, fmt.Errorf("fastcgi: listen queue: sock_diag: %w", syscall.Errno(errno))
 				}
 			}
 		case sockDiagByFamily:
 			// unix_diag_msg (16 bytes), then attributes.
-			for attrs := m.Data[min(16, len(m.Data)):]; len(attrs) >= 4; {
+			for attrs := data[min(16, len(data)):]; len(attrs) >= 4; {
 				l, t := int(ne.Uint16(attrs)), ne.Uint16(attrs[2:])
 				if l < 4 || l > len(attrs) {
 					break
@@ -108,6 +111,7 @@ func unixQueue(fd int) (int, int, error) {
 				attrs = attrs[min((l+3)&^3, len(attrs)):]
 			}
 		}
+		msg = msg[min((l+3)&^3, len(msg)):]
 	}
 	return 0, 0, ErrNoQueueLength
 }

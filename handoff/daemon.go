@@ -162,9 +162,13 @@ func spawnDaemon(sock string, cfg Config, environ []string) (int, error) {
 	for _, e := range cfg.Env {
 		args = append(args, "--env", e)
 	}
-	if cfg.Workers > 0 {
-		args = append(args, "--workers", strconv.Itoa(cfg.Workers))
+	// One worker imports the app at once, for the request that waits;
+	// more start while every one is busy, and go again once idle.
+	most := cfg.Workers
+	if most <= 0 {
+		most = 2
 	}
+	args = append(args, "--workers", bridge.Size{Min: 1, Max: most}.String())
 	args = append(args, cfg.App)
 	logFile, err := os.OpenFile(sock+".log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {

@@ -24,6 +24,8 @@ type Document struct {
 	ListenQueue   *ListenQueue      `json:"listen_queue,omitempty"`
 	WorkerExits   map[string]uint64 `json:"worker_exits"`
 	Reloads       Reloads           `json:"reloads"`
+	// Degraded is the crash storm the pool is in, null when none.
+	Degraded *Degraded `json:"degraded"`
 	// Rows, with ?full: a row per worker.
 	Rows []Row `json:"worker_rows,omitempty"`
 
@@ -31,13 +33,23 @@ type Document struct {
 	duration  time.Duration
 }
 
-// Workers counts the pool's workers.
+// Degraded is a crash storm: workers die young one after another.
+type Degraded struct {
+	Since  time.Time `json:"since"`
+	Deaths int       `json:"deaths"`
+	Last   string    `json:"last"`
+}
+
+// Workers counts the pool's workers: Min and Max are its bounds (equal
+// for a fixed pool), Size how many it keeps now.
 type Workers struct {
-	Configured int `json:"configured"`
-	Alive      int `json:"alive"`
-	Busy       int `json:"busy"`
-	Idle       int `json:"idle"`
-	Starting   int `json:"starting"`
+	Min      int `json:"min"`
+	Max      int `json:"max"`
+	Size     int `json:"size"`
+	Alive    int `json:"alive"`
+	Busy     int `json:"busy"`
+	Idle     int `json:"idle"`
+	Starting int `json:"starting"`
 }
 
 // Requests counts what the pool answered.
@@ -92,10 +104,12 @@ func (s *Server) Document(full bool) Document {
 	d := Document{
 		Version: s.cfg.Version, App: s.cfg.App, Mode: s.cfg.Mode,
 		Started: s.cfg.Started.UTC(), UptimeSeconds: now.Sub(s.cfg.Started).Seconds(),
-		Workers: Workers{Configured: st.Workers, Alive: st.Alive, Busy: st.Busy, Idle: st.Idle, Starting: st.Starting},
+		Workers: Workers{Min: st.Workers.Min, Max: st.Workers.Max, Size: st.Size, Alive: st.Alive, Busy: st.Busy,
+			Idle: st.Idle, Starting: st.Starting},
 		Requests: Requests{Served: st.Served, InProgress: st.InProgress, Waiting: st.Waiting, Refused: st.Refused,
 			ByStatus: map[string]uint64{}},
 		WorkerExits: map[string]uint64{},
+		Degraded:    degradedOf(st.Degraded),
 		Reloads:     Reloads{Count: st.Reloads},
 		durations:   st.Buckets,
 		duration:    st.Duration,
@@ -120,7 +134,7 @@ func (s *Server) Document(full bool) Document {
 	}
 	if full {
 		for _, w := range st.Rows {
-			row := Row{Pid: w.Pid, State: "idle", Served: w.Served, Started: w.Started.UTC(), RSSBytes: rss(w.Pid)}
+			row := Row{Pid: w.Pid, State: "idle", Served: w.Served, Started: w.Started.UTC(), RSSBytes: w.RSS}
 			if w.Busy {
 				row.State = "busy"
 				row.Request = w.Request
@@ -161,4 +175,11 @@ func (s *Server) queue() (now, backlog int, err error) {
 			return now, backlog, nil
 		}
 	}
+}
+
+func degradedOf(d *bridge.Degraded) *Degraded {
+	if d == nil {
+		return nil
+	}
+	return &Degraded{Since: d.Since.UTC(), Deaths: d.Deaths, Last: d.Last}
 }

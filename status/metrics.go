@@ -37,8 +37,19 @@ func (s *Server) OpenMetrics() []byte {
 	}{{"busy", d.Workers.Busy}, {"idle", d.Workers.Idle}, {"starting", d.Workers.Starting}} {
 		fmt.Fprintf(&b, "wsgibridge_workers{state=%q} %d\n", st.state, st.n)
 	}
-	family("wsgibridge_workers_configured", "gauge", "", "Python worker processes the pool keeps.")
-	fmt.Fprintf(&b, "wsgibridge_workers_configured %d\n", d.Workers.Configured)
+	family("wsgibridge_workers_size", "gauge", "", "Python worker processes the pool keeps now.")
+	fmt.Fprintf(&b, "wsgibridge_workers_size %d\n", d.Workers.Size)
+	family("wsgibridge_workers_min", "gauge", "", "The fewest worker processes the pool keeps.")
+	fmt.Fprintf(&b, "wsgibridge_workers_min %d\n", d.Workers.Min)
+	family("wsgibridge_workers_max", "gauge", "", "The most worker processes the pool keeps.")
+	fmt.Fprintf(&b, "wsgibridge_workers_max %d\n", d.Workers.Max)
+
+	family("wsgibridge_degraded", "gauge", "", "1 while workers keep dying young (a crash storm), else 0.")
+	degraded := 0
+	if d.Degraded != nil {
+		degraded = 1
+	}
+	fmt.Fprintf(&b, "wsgibridge_degraded %d\n", degraded)
 
 	family("wsgibridge_requests", "counter", "", "Requests answered, by status class (499: the client left).")
 	for _, class := range statusClasses {

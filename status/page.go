@@ -27,7 +27,7 @@ var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 <h1>wsgibridge: {{.App}}</h1>
 <p>{{.Mode}} mode, version {{.Version}}, up {{ago .Started}}.</p>
 <table>
-<tr><th>workers</th><td>{{.Workers.Busy}} busy, {{.Workers.Idle}} idle, {{.Workers.Starting}} starting, of {{.Workers.Configured}}</td></tr>
+<tr><th>workers</th><td>{{.Workers.Busy}} busy, {{.Workers.Idle}} idle, {{.Workers.Starting}} starting; the pool keeps {{.Workers.Size}} ({{.Workers.Min}} to {{.Workers.Max}})</td></tr>
 <tr><th>requests</th><td>{{.Requests.Served}} served, {{.Requests.InProgress}} in progress, {{.Requests.Waiting}} waiting, {{.Requests.Slow}} slow, {{.Requests.Refused}} refused</td></tr>
 <tr><th>by status</th><td>{{range $k, $v := .Requests.ByStatus}}{{$k}}: {{$v}} {{end}}</td></tr>
 {{with .ListenQueue}}<tr><th>listen queue</th><td>{{.Now}} waiting now, {{.Max}} at most, of {{.Backlog}}</td></tr>{{end}}

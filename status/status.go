@@ -12,9 +12,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -126,13 +124,19 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if st := s.cfg.Pool.Status(); st.Idle == 0 {
+	st := s.cfg.Pool.Status()
+	switch {
+	case st.Degraded != nil:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("degraded: workers keep dying young (" + strconv.Itoa(st.Degraded.Deaths) + " since " +
+			st.Degraded.Since.UTC().Format(time.RFC3339) + "); the last: " + st.Degraded.Last + "\n"))
+	case st.Idle == 0 && st.Size >= st.Workers.Max:
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("no worker can take a request: " + strconv.Itoa(st.Busy) + " busy, " +
 			strconv.Itoa(st.Starting) + " starting\n"))
-		return
+	default:
+		_, _ = w.Write([]byte("pong\n"))
 	}
-	_, _ = w.Write([]byte("pong\n"))
 }
 
 // stacks shows the Python stack of the worker of every request that runs.
@@ -156,15 +160,4 @@ func (s *Server) stacks(w http.ResponseWriter, r *http.Request) {
 		}
 		_, _ = w.Write([]byte(head + stack + "\n\n"))
 	}
-}
-
-// rss returns the resident memory of pid in bytes, or 0.
-func rss(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
-	f := strings.Fields(string(b))
-	if err != nil || len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseInt(f[1], 10, 64)
-	return pages * int64(os.Getpagesize())
 }

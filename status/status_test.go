@@ -43,7 +43,7 @@ func busyPool() *fakePool {
 	since := time.Now().Add(-1500 * time.Millisecond)
 	return &fakePool{
 		status: bridge.Status{
-			Workers: 2, Alive: 2, Busy: 1, Idle: 1, Served: 42, InProgress: 1, Refused: 3,
+			Workers: bridge.Size{Min: 2, Max: 2}, Size: 2, Alive: 2, Busy: 1, Idle: 1, Served: 42, InProgress: 1, Refused: 3,
 			Exits:   map[string]uint64{bridge.ExitCrash: 1, bridge.ExitReload: 2},
 			Reloads: 1, LastReload: started.Add(time.Hour),
 			Classes:  [5]uint64{0, 38, 1, 2, 1},
@@ -82,13 +82,13 @@ func TestStatusDocument(t *testing.T) {
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &d))
 	assert.Equal(t, "mysite.wsgi", d["app"])
 	assert.Equal(t, "fastcgi", d["mode"])
-	assert.Equal(t, map[string]any{"configured": 2.0, "alive": 2.0, "busy": 1.0, "idle": 1.0, "starting": 0.0}, d["workers"])
+	assert.Equal(t, map[string]any{"min": 2.0, "max": 2.0, "size": 2.0, "alive": 2.0, "busy": 1.0, "idle": 1.0, "starting": 0.0}, d["workers"])
 	req := d["requests"].(map[string]any)
 	assert.Equal(t, 42.0, req["served"])
 	assert.Equal(t, 7.0, req["slow"])
 	assert.Equal(t, 3.0, req["refused"])
 	assert.Equal(t, map[string]any{"1xx": 0.0, "2xx": 38.0, "3xx": 1.0, "4xx": 2.0, "5xx": 1.0}, req["by_status"])
-	assert.Equal(t, map[string]any{"max-requests": 0.0, "reload": 2.0, "crash": 1.0, "timeout": 0.0, "shutdown": 0.0}, d["worker_exits"])
+	assert.Equal(t, map[string]any{"max-requests": 0.0, "reload": 2.0, "crash": 1.0, "timeout": 0.0, "shutdown": 0.0, "idle": 0.0, "max-rss": 0.0}, d["worker_exits"])
 	rows := d["worker_rows"].([]any)
 	require.Len(t, rows, 2)
 	busy := rows[0].(map[string]any)
@@ -111,6 +111,32 @@ func TestPing(t *testing.T) {
 	pool.status.Busy, pool.status.Idle = 2, 0
 	rec = get(t, s, "/ping")
 	assert.Equal(t, 503, rec.Code, "no worker can take a request")
+
+	pool.status.Workers, pool.status.Size = bridge.Size{Min: 0, Max: 4}, 2
+	rec = get(t, s, "/ping")
+	assert.Equal(t, 200, rec.Code, "busy, but the pool can grow")
+	pool.status.Size, pool.status.Busy = 0, 0
+	rec = get(t, s, "/ping")
+	assert.Equal(t, 200, rec.Code, "an on-demand pool at rest starts a worker for the next request")
+
+	pool.status.Degraded = &bridge.Degraded{Since: started, Deaths: 5, Last: "worker pid 9 exited with status 1"}
+	rec = get(t, s, "/ping")
+	assert.Equal(t, 503, rec.Code)
+	assert.Equal(t, "degraded: workers keep dying young (5 since 2026-12-07T10:00:00Z); the last: worker pid 9 exited with status 1\n", rec.Body.String())
+}
+
+func TestDegraded(t *testing.T) {
+	pool := busyPool()
+	s := newServer(t, pool)
+	var d map[string]any
+	require.NoError(t, json.Unmarshal(get(t, s, "/status").Body.Bytes(), &d))
+	assert.Nil(t, d["degraded"])
+	assert.Contains(t, get(t, s, "/metrics").Body.String(), "\nwsgibridge_degraded 0\n")
+
+	pool.status.Degraded = &bridge.Degraded{Since: started, Deaths: 3, Last: "boom"}
+	require.NoError(t, json.Unmarshal(get(t, s, "/status").Body.Bytes(), &d))
+	assert.Equal(t, map[string]any{"since": "2026-12-07T10:00:00Z", "deaths": 3.0, "last": "boom"}, d["degraded"])
+	assert.Contains(t, get(t, s, "/metrics").Body.String(), "\nwsgibridge_degraded 1\n")
 }
 
 func TestStacks(t *testing.T) {

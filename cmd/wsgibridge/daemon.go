@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wsgibridge/wsgibridge/bridge"
+	"github.com/wsgibridge/wsgibridge/systemd"
 )
 
 // mountKeep as --mount takes SCRIPT_NAME and PATH_INFO as the web server
@@ -30,12 +31,16 @@ type daemonFlags struct {
 	// fastcgi, when set, makes the workers serve the listening socket.
 	fastcgi        *bridge.FastCGIConfig
 	s              settings
-	workers        int
+	workers        string
+	size           bridge.Size
+	workerIdle     time.Duration
 	backlog        int
+	queueTimeout   time.Duration
 	timeout        time.Duration
 	importTimeout  time.Duration
 	graceful       time.Duration
 	maxRequests    int
+	maxRSS         int
 	jitter         int
 	mount          string
 	accessLog      bool
@@ -43,18 +48,23 @@ type daemonFlags struct {
 	idleTimeout    time.Duration
 	reloadOnChange bool
 	op             operateFlags
+	// notify tells systemd the service's state; nil when not under it.
+	notify *systemd.Notifier
 	// mode is the daemon's: fastcgi or http.
 	mode string
 }
 
 func (d *daemonFlags) register(fs *flag.FlagSet) {
 	appFlags(fs, &d.s)
-	fs.IntVar(&d.workers, "workers", 2, "number of Python worker processes")
-	fs.IntVar(&d.backlog, "backlog", 64, "http mode: requests that may wait for a busy pool; more are refused with 503 (in fastcgi mode requests wait in the socket's listen queue)")
+	fs.StringVar(&d.workers, "workers", "2", "Python worker processes: N, or MIN:MAX for a pool that grows while every worker is busy and shrinks when they idle (0:MAX starts none until the first request)")
+	fs.DurationVar(&d.workerIdle, "worker-idle", 10*time.Second, "with --workers MIN:MAX, retire a worker idle this long, down to MIN")
+	fs.IntVar(&d.backlog, "backlog", 64, "requests that may wait while every worker is busy; more are answered 503 at once")
+	fs.DurationVar(&d.queueTimeout, "queue-timeout", 10*time.Second, "longest a request may wait for a worker; then it is answered 503")
 	fs.DurationVar(&d.timeout, "timeout", 60*time.Second, "longest a request may run in the app (then its worker is killed and the client gets 504); 0: no limit")
 	fs.DurationVar(&d.importTimeout, "import-timeout", 60*time.Second, "longest a worker may take to start and import the app")
 	fs.DurationVar(&d.graceful, "graceful-timeout", 30*time.Second, "on SIGTERM, how long requests in progress may take to finish")
 	fs.IntVar(&d.maxRequests, "max-requests", 0, "recycle a worker after this many requests; 0: never")
+	fs.IntVar(&d.maxRSS, "max-rss", 0, "recycle a worker whose resident memory passed this many MiB, after its current request; 0: never")
 	fs.IntVar(&d.jitter, "max-requests-jitter", 0, "add 0..N at random to --max-requests per worker, so they do not all restart at once")
 	fs.StringVar(&d.mount, "mount", "", `the app's mount point (SCRIPT_NAME), e.g. /blog; PATH_INFO is the request path below it; "keep": as the web server sent them`)
 	fs.DurationVar(&d.idleTimeout, "idle-timeout", 0, "exit after this long without requests; 0: never")
@@ -85,6 +95,9 @@ func (d *daemonFlags) newFlagSet(mode string, stderr io.Writer) *flag.FlagSet {
 // stop. l is closed if the pool cannot start.
 func (d *daemonFlags) serve(log *slog.Logger, l net.Listener, front func(pool *bridge.Pool, started time.Time) (<-chan error, func(context.Context) error)) int {
 	started := time.Now()
+	// Before the workers start: they must not inherit the socket.
+	d.notify = openNotify(log)
+	defer d.notify.Close()
 	statusL, err := d.op.listen()
 	if err != nil {
 		log.Error("cannot serve the status", "err", err)
@@ -107,6 +120,7 @@ func (d *daemonFlags) serve(log *slog.Logger, l net.Listener, front func(pool *b
 		queue = sc
 	}
 	op := d.op.start(log, pool, statusL, queue, d.mode, d.s.app, started)
+	d.tell(log, d.notify.Ready(statusLine(pool)))
 	if err := releaseExecutable(); err != nil {
 		log.Debug("the memory of starting up is kept", "err", err)
 	}
@@ -143,8 +157,12 @@ func (d *daemonFlags) setup(fs *flag.FlagSet, args []string, stderr io.Writer) (
 		fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
 		return nil, exitUsage
 	}
-	if d.workers < 1 || d.backlog < 0 {
-		fmt.Fprintf(stderr, "%s: --workers must be 1 or more and --backlog 0 or more\n", fs.Name())
+	if d.size, err = bridge.ParseSize(d.workers); err != nil {
+		fmt.Fprintf(stderr, "%s: --workers: %v\n", fs.Name(), err)
+		return nil, exitUsage
+	}
+	if d.backlog < 1 || d.workerIdle <= 0 || d.queueTimeout <= 0 || d.maxRSS < 0 {
+		fmt.Fprintf(stderr, "%s: --backlog must be 1 or more, --worker-idle and --queue-timeout more than 0, --max-rss 0 or more\n", fs.Name())
 		return nil, exitUsage
 	}
 	d.s.app = fs.Arg(0)
@@ -174,12 +192,15 @@ func (d *daemonFlags) startPool(log *slog.Logger) (*bridge.Pool, int) {
 			Env: env, Logger: log, CacheDir: cacheDir, FastCGI: d.fastcgi,
 			Stacks: true, StackDepth: d.op.slowDepth,
 		},
-		Workers:           d.workers,
+		Workers:           d.size,
+		WorkerIdle:        d.workerIdle,
 		Backlog:           d.backlog,
+		QueueTimeout:      d.queueTimeout,
 		Timeout:           d.timeout,
 		ImportTimeout:     d.importTimeout,
 		MaxRequests:       d.maxRequests,
 		MaxRequestsJitter: d.jitter,
+		MaxRSS:            int64(d.maxRSS) << 20,
 	})
 	var ie *bridge.ImportError
 	switch {
@@ -196,19 +217,19 @@ func (d *daemonFlags) startPool(log *slog.Logger) (*bridge.Pool, int) {
 // run serves until a signal: SIGTERM or SIGINT drain and stop (a second
 // one stops at once), SIGHUP reloads the app; with --idle-timeout it also
 // stops after that long without requests. serveErr reports the front
-// stopping by itself; shutdown stops the front gracefully.
+// stopping by itself; shutdown stops the front gracefully. Under systemd
+// it tells the service's state as it changes.
 func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, serveErr <-chan error, shutdown func(context.Context) error) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	var idle <-chan time.Time
-	if d.idleTimeout > 0 {
-		t := time.NewTicker(min(d.idleTimeout/4, time.Second))
-		defer t.Stop()
-		idle = t.C
-	}
+	idle, stopIdle := ticker(d.idleTimeout > 0, min(d.idleTimeout/4, time.Second))
+	defer stopIdle()
+	status, stopStatus := ticker(d.notify != nil, statusEvery)
+	defer stopStatus()
+	watchdog, stopWatchdog := ticker(d.notify.Watchdog() > 0, d.notify.Watchdog())
+	defer stopWatchdog()
 	for {
-		var sig os.Signal
 		select {
 		case <-idle:
 			if pool.IdleFor() < d.idleTimeout {
@@ -216,39 +237,57 @@ func (d *daemonFlags) run(log *slog.Logger, pool *bridge.Pool, serveErr <-chan e
 			}
 			log.Info("no requests for the idle timeout: stopping", "idle_timeout", d.idleTimeout)
 			return d.stop(log, pool, sigs, shutdown)
-		case sig = <-sigs:
-		}
-		select {
 		case err := <-serveErr:
 			log.Error("the server stopped", "err", err)
+			d.tell(log, d.notify.Stopping())
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = pool.Shutdown(ctx)
 			cancel()
 			return exitFailed
-		default:
-			if sig == syscall.SIGHUP {
-				log.Info("reloading: starting fresh workers", "signal", sig.String())
-				go func() {
-					if err := pool.Reload(); err != nil {
-						log.Error("reload failed; the running workers stay", "err", err)
-						return
-					}
-					log.Info("reloaded", "pids", pool.Stats().Pids)
-					if err := releaseExecutable(); err != nil {
-						log.Debug("the memory of reloading is kept", "err", err)
-					}
-				}()
-				continue
+		case <-status:
+			d.tell(log, d.notify.Status(statusLine(pool)))
+		case <-watchdog:
+			// Only while the pool's monitor goes round: a supervisor
+			// stuck there is restarted by systemd.
+			if time.Since(pool.Heartbeat()) < d.notify.Watchdog() {
+				d.tell(log, d.notify.Alive())
 			}
-			log.Info("stopping: finishing the requests in progress", "signal", sig.String(), "grace", d.graceful)
-			return d.stop(log, pool, sigs, shutdown)
+		case sig := <-sigs:
+			if sig != syscall.SIGHUP {
+				log.Info("stopping: finishing the requests in progress", "signal", sig.String(), "grace", d.graceful)
+				return d.stop(log, pool, sigs, shutdown)
+			}
+			log.Info("reloading: starting fresh workers", "signal", sig.String())
+			d.tell(log, d.notify.Reloading())
+			go func() {
+				defer func() { d.tell(log, d.notify.Ready(statusLine(pool))) }()
+				if err := pool.Reload(); err != nil {
+					log.Error("reload failed; the running workers stay", "err", err)
+					return
+				}
+				log.Info("reloaded", "pids", pool.Stats().Pids)
+				if err := releaseExecutable(); err != nil {
+					log.Debug("the memory of reloading is kept", "err", err)
+				}
+			}()
 		}
 	}
+}
+
+// ticker returns a channel that ticks every d when on, else nil (which
+// never ticks), and what stops it.
+func ticker(on bool, d time.Duration) (<-chan time.Time, func()) {
+	if !on {
+		return nil, func() {}
+	}
+	t := time.NewTicker(d)
+	return t.C, t.Stop
 }
 
 // stop drains the front and the pool within --graceful-timeout; a
 // further SIGTERM or SIGINT cuts it short.
 func (d *daemonFlags) stop(log *slog.Logger, pool *bridge.Pool, sigs <-chan os.Signal, shutdown func(context.Context) error) int {
+	d.tell(log, d.notify.Stopping())
 	ctx, cancel := context.WithTimeout(context.Background(), d.graceful)
 	defer cancel()
 	go func() {

@@ -103,10 +103,22 @@ type nginx struct {
 
 func startNginx(t *testing.T, upstreams map[string]string) *nginx {
 	t.Helper()
+	for _, k := range []string{"FLASK", "DJANGO", "STOCK", "STOCKUNIX"} {
+		if _, ok := upstreams[k]; !ok {
+			upstreams[k] = upstreams["PROBE"]
+		}
+	}
+	return startNginxConf(t, "fastcgi.conf", upstreams)
+}
+
+// startNginxConf starts nginx with the template testdata/nginx/name, its
+// words in at-signs filled in: DIR, PORT1, PORT2, USER, and upstreams'.
+func startNginxConf(t *testing.T, name string, upstreams map[string]string) *nginx {
+	t.Helper()
 	bin := need(t, "nginx", "/usr/sbin/nginx")
 	dir := t.TempDir()
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tmp"), 0o755))
-	tmpl, err := os.ReadFile("../../testdata/nginx/fastcgi.conf")
+	tmpl, err := os.ReadFile("../../testdata/nginx/" + name)
 	require.NoError(t, err)
 	p1, p2 := freePort(t), freePort(t)
 	user := ""
@@ -115,11 +127,7 @@ func startNginx(t *testing.T, upstreams map[string]string) *nginx {
 		user = "user root;"
 	}
 	pairs := []string{"@DIR@", dir, "@PORT1@", fmt.Sprint(p1), "@PORT2@", fmt.Sprint(p2), "@USER@", user}
-	for _, k := range []string{"PROBE", "FLASK", "DJANGO", "STOCK", "STOCKUNIX"} {
-		v, ok := upstreams[k]
-		if !ok {
-			v = upstreams["PROBE"]
-		}
+	for k, v := range upstreams {
 		pairs = append(pairs, "@"+k+"@", v)
 	}
 	conf := filepath.Join(dir, "nginx.conf")

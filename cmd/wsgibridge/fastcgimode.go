@@ -73,7 +73,7 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	}
 	l.Close()
 	d.fastcgi = &bridge.FastCGIConfig{Listener: lf, Mount: d.mount, KeepMount: d.mount == mountKeep,
-		Timeout: d.timeout, HeaderTimeout: *headerTimeout, Workers: d.workers, ReloadOnChange: d.reloadOnChange,
+		Timeout: d.timeout, HeaderTimeout: *headerTimeout, Workers: d.size.Max, ReloadOnChange: d.reloadOnChange,
 		AllowedAddrs: allowed, AccessLog: d.accessLog, Stats: d.op.status != "" || d.op.statusPath != "",
 		StatusPath: d.op.statusPath, PingPath: d.op.pingPath, Status: d.op.document}
 	return d.serve(log, l, func(pool *bridge.Pool, _ time.Time) (<-chan error, func(context.Context) error) {

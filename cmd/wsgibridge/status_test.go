@@ -48,7 +48,7 @@ func (c *statusClient) get(path string) (int, string) {
 // doc is the part of the status document the tests read.
 type doc struct {
 	Workers struct {
-		Configured, Alive, Busy, Idle int
+		Min, Max, Size, Alive, Busy, Idle int
 	}
 	Requests struct {
 		Served     uint64
@@ -58,6 +58,7 @@ type doc struct {
 	ListenQueue *struct{ Now, Max int } `json:"listen_queue"`
 	WorkerExits map[string]uint64       `json:"worker_exits"`
 	Reloads     struct{ Count uint64 }
+	Degraded    *struct{ Deaths int } `json:"degraded"`
 	Rows        []struct {
 		Pid     int
 		State   string
@@ -94,7 +95,7 @@ func TestNginxStatus(t *testing.T) {
 		require.Equal(t, 200, status)
 	}
 	st := c.doc("/status")
-	assert.Equal(t, 2, st.Workers.Configured)
+	assert.Equal(t, [3]int{2, 2, 2}, [3]int{st.Workers.Min, st.Workers.Max, st.Workers.Size})
 	assert.Equal(t, 2, st.Workers.Idle)
 	assert.Equal(t, uint64(5), st.Requests.Served)
 	assert.Equal(t, uint64(5), st.Requests.ByStatus["2xx"])

@@ -393,6 +393,16 @@ def pid(environ, start_response):
     return ok(start_response, str(os.getpid()).encode())
 
 
+HELD = []
+
+
+def hold(environ, start_response):
+    """Keeps QUERY_STRING MiB more of memory for good, as a leak would,
+    and tells the worker's pid."""
+    HELD.append(b"\x01" * (int(environ.get("QUERY_STRING") or "1") << 20))
+    return ok(start_response, str(os.getpid()).encode())
+
+
 def big(environ, start_response):
     """Yields QUERY_STRING MiB of a repeating pattern."""
     mib = int(environ.get("QUERY_STRING") or "1")
@@ -426,7 +436,7 @@ ROUTES = {
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
     "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/spin": spin, "/lock-wait": lock_wait, "/gate": gate, "/drip-write": drip_write, "/input-terminated": input_terminated,
-    "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/big": big,
+    "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/hold": hold, "/big": big,
     "/inheritable": inheritable, "/lose-first-stop": lose_first(signal.SIGUSR1),
     "/lose-first-alarm": lose_first(signal.SIGALRM),
 }

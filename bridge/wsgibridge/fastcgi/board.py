@@ -5,8 +5,8 @@ peers hand it connections then), what it has served and how, and what it
 runs. bridge/board.go is the Go side and draws the layout; the two must
 agree.
 
-Only the idle flags and the two words about the running request are
-written on every request; the counts by status and duration only when an
+Only the idle flags, the two words about the running request and the
+count of accepted connections are written on every request; the counts by status and duration only when an
 operator asked for them (Board.stats), and the running request's start
 and line only once it has run STALL_AFTER.
 """
@@ -14,6 +14,7 @@ and line only once it has run STALL_AFTER.
 from bisect import bisect_left
 
 SLOTS = 64
+DEGRADED = SLOTS  # the byte after the idle flags: 1 while the pool is degraded
 BLOCKS = 4096
 BLOCK = 512
 SIZE = BLOCKS + SLOTS * BLOCK
@@ -23,7 +24,8 @@ BUCKETS = CLASSES + 5
 DURATIONS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)  # seconds
 MICROS = BUCKETS + len(DURATIONS) + 1
 LINE = MICROS + 1
-LINE_AT = (LINE + 1) * 8
+ACCEPTED = LINE + 1  # connections taken from the listening socket
+LINE_AT = (ACCEPTED + 1) * 8
 
 
 class Board:

@@ -11,7 +11,7 @@ import sys
 
 from wsgibridge.app import mtime
 from wsgibridge.spool import BODY_STALL, Body
-from wsgibridge.fastcgi.board import SLOTS, open_board
+from wsgibridge.fastcgi.board import ACCEPTED, SLOTS, open_board
 from wsgibridge.fastcgi.connection import EPOLLIN, Conn
 from wsgibridge.fastcgi.fastpath import load_fastpath
 from wsgibridge.fastcgi.request import Requests
@@ -44,6 +44,7 @@ class FastCGIServer(Requests, Watch):
         self.max_conns = opts.get("workers", "1")
         self.access_log = "access-log" in opts
         self.served = 0
+        self.accepted = 0  # on the board, for the supervisor's count of the waiting
         self.conns = {}
         self.paused = []  # connections whose body waits for memory
         self.taken = Body.taken
@@ -59,7 +60,7 @@ class FastCGIServer(Requests, Watch):
         self.watched = opts.get("files")
         if "slot" in opts:
             self.board = open_board(8, int(opts["slot"]), "stats" in opts)
-        self.paths = paths(opts)  # those answered here, not by the app
+        self.paths = paths(opts, self.board)  # those answered here, not by the app
         self.fast = self.fast_head = self.fast_accept = None
         if "fastpath" in opts:
             self.use_fastpath(load_fastpath(int(opts["fastpath"]), self.log))
@@ -96,6 +97,7 @@ class FastCGIServer(Requests, Watch):
         # The board's page: its idle flags, a byte per slot.
         board = self.board.page if self.board is not None else None
         slot = self.board.slot if self.board is not None else 0
+        words = self.board.words if self.board is not None else None
         accept, new_socket = self.fast_accept or self.accept, _socket.socket
         family, stype = self.listener.family, self.listener.type
         hangup = select.EPOLLHUP | select.EPOLLERR
@@ -147,6 +149,9 @@ class FastCGIServer(Requests, Watch):
                         fd = accept(lfd, run)
                         if fd is None:
                             break
+                        if words is not None:
+                            self.accepted += 1
+                            words[ACCEPTED] = self.accepted
                         sock = new_socket(family, stype, 0, fd)
                         if self.allowed is not None and not self.allowed_peer(sock):
                             sock.close()

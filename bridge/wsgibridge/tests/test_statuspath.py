@@ -4,7 +4,7 @@ import socket
 import threading
 import unittest
 
-from wsgibridge.fastcgi import statuspath
+from wsgibridge.fastcgi import board, statuspath
 
 
 def call(app, environ):
@@ -15,16 +15,23 @@ def call(app, environ):
 
 class StatusPathTest(unittest.TestCase):
     def test_paths_from_the_options(self):
-        self.assertIsNone(statuspath.paths({}))
-        self.assertEqual(list(statuspath.paths({"ping-path": "/ping"})), ["/ping"])
-        self.assertIsNone(statuspath.paths({"status-path": "/status"}), "no status without the supervisor's socket")
+        self.assertIsNone(statuspath.paths({}, None))
+        self.assertEqual(list(statuspath.paths({"ping-path": "/ping"}, None)), ["/ping"])
+        self.assertIsNone(statuspath.paths({"status-path": "/status"}, None), "no status without the supervisor's socket")
 
     def test_path_of_is_the_client_path_whatever_the_mount(self):
         self.assertEqual(statuspath.path_of({"REQUEST_URI": "/s?full", "SCRIPT_NAME": "/app", "PATH_INFO": "/x"}), "/s")
         self.assertEqual(statuspath.path_of({"SCRIPT_NAME": "/app", "PATH_INFO": "/s"}), "/app/s")
 
     def test_ping(self):
-        self.assertEqual(call(statuspath.ping, {})[::2], ("200 OK", b"pong\n"))
+        self.assertEqual(call(statuspath.Ping(None), {})[::2], ("200 OK", b"pong\n"))
+        page = bytearray(board.SIZE)
+        ping = statuspath.Ping(page)
+        self.assertEqual(call(ping, {})[::2], ("200 OK", b"pong\n"))
+        page[board.DEGRADED] = 1
+        status, _, body = call(ping, {})
+        self.assertEqual(status, "503 Service Unavailable")
+        self.assertIn(b"degraded", body)
 
     def test_status_asks_the_supervisor(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
