@@ -18,6 +18,10 @@ Targets, per app:
   gunicorn       gunicorn, 2 sync workers, via proxy_pass
   nginx          nginx answering by itself (return 200), the ceiling (hello)
   wsgibridge-http  wsgibridge http, 2 workers, via proxy_pass (gunicorn's place)
+  lighttpd       hello only: the wsgibridge daemon behind lighttpd, Caddy and
+  caddy          H2O, configured as the README shows; mod_fcgid: Apache running
+  h2o            the script form with mod_fcgid (up to 8 processes, each
+  mod_fcgid      with one worker); front CPU is all of the front's processes
   baseline       with --baseline BIN: another wsgibridge binary (a build of an
   baseline+      earlier commit) behind the same blocks, so a change is
   baseline-http  measured against what it replaces in the same rounds
@@ -62,11 +66,17 @@ APPS = {
     "1mib-post": ("bulk", "echo", "/", "post"),
 }
 TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+",
-           "variant", "variant+", "wsgibridge-http", "baseline-http", "variant-http"]
+           "variant", "variant+", "wsgibridge-http", "baseline-http", "variant-http",
+           "lighttpd", "caddy", "h2o", "mod_fcgid"]
+# The other FastCGI fronts, measured on hello only: the same wsgibridge
+# daemon behind each, configured as the README shows (mod_fcgid runs its
+# own processes of the script form).
+FRONTS = ("lighttpd", "caddy", "h2o", "mod_fcgid")
 BASE = "uwsgi-fcgi"
 # The process that serves a target: the recommended block reaches the same
 # wsgibridge; nginx answering by itself has no server behind it.
-SERVER_OF = {"wsgibridge+": "wsgibridge", "baseline+": "baseline", "variant+": "variant", "nginx": None}
+SERVER_OF = {"wsgibridge+": "wsgibridge", "baseline+": "baseline", "variant+": "variant", "nginx": None,
+             "lighttpd": "wsgibridge", "caddy": "wsgibridge", "h2o": "wsgibridge", "mod_fcgid": None}
 # What stands beside a wsgibridge target when asked for: the same blocks.
 BESIDE = ("baseline", "variant")
 PORTS = {t: 18300 + i for i, t in enumerate(TARGETS)}
@@ -221,8 +231,97 @@ http {
         with open(os.path.join(d, "nginx.conf"), "w") as f:
             f.write(conf)
         self.start("nginx", ["nginx", "-c", os.path.join(d, "nginx.conf"), "-p", d, "-g", "daemon off;"], "nginx.log")
+        for front in FRONTS:
+            if front in self.targets(app):
+                self.start_front(front, spec)
         for t in self.targets(app):
             wait_for(PORTS[t], post=APPS[app][3] == "post", what=t)
+
+    def start_front(self, front, spec):
+        """Starts another FastCGI front before the wsgibridge daemon, as the
+        README configures it."""
+        d, port, wb = self.dir, PORTS[front], self.sock("wb")
+        os.makedirs(os.path.join(d, front), exist_ok=True)
+        conf = os.path.join(d, front, "conf")
+        if front == "lighttpd":
+            text = """server.document-root = "%(d)s"
+server.port = %(port)d
+server.bind = "127.0.0.1"
+server.modules += ( "mod_fastcgi" )
+server.stream-response-body = 2
+fastcgi.server = ( "/" => (( "socket" => "%(wb)s", "check-local" => "disable", "fix-root-scriptname" => "enable" )) )
+"""
+            cmd = ["lighttpd", "-D", "-f", conf]
+        elif front == "caddy":
+            text = """{
+	admin off
+	auto_https off
+}
+http://127.0.0.1:%(port)d {
+	reverse_proxy unix/%(wb)s {
+		transport fastcgi
+		flush_interval -1
+	}
+}
+"""
+            cmd = ["caddy", "run", "--config", conf, "--adapter", "caddyfile"]
+        elif front == "h2o":
+            text = """%(user)slisten:
+  host: 127.0.0.1
+  port: %(port)d
+error-log: %(d)s/h2o/error.log
+hosts:
+  default:
+    paths:
+      "/":
+        fastcgi.connect:
+          port: %(wb)s
+          type: unix
+"""
+            cmd = ["h2o", "-c", conf]
+        else:
+            script = os.path.join(d, front, "app.wsgi")
+            with open(script, "w") as f:
+                f.write("#!%s\napp = %s\nchdir = %s\npython = %s\n" % (os.path.join(ROOT, "bin", "wsgibridge"), spec, APPS_DIR, PY))
+            os.chmod(script, 0o755)
+            os.makedirs(os.path.join(d, front, "ipc"), exist_ok=True)
+            # Apache's user runs the script: it must reach it.
+            for path, mode in ((d, 0o755), (os.path.join(d, front), 0o755), (os.path.join(d, front, "ipc"), 0o777)):
+                os.chmod(path, mode)
+            text = """ServerRoot "%(d)s/mod_fcgid"
+ServerName 127.0.0.1
+Listen 127.0.0.1:%(port)d
+PidFile "%(d)s/mod_fcgid/apache.pid"
+ErrorLog "%(d)s/mod_fcgid/error.log"
+%(apache_user)s
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule alias_module /usr/lib/apache2/modules/mod_alias.so
+LoadModule mime_module /usr/lib/apache2/modules/mod_mime.so
+LoadModule fcgid_module /usr/lib/apache2/modules/mod_fcgid.so
+TypesConfig /etc/mime.types
+FcgidIPCDir "%(d)s/mod_fcgid/ipc"
+FcgidProcessTableFile "%(d)s/mod_fcgid/ipc/shm"
+FcgidOutputBufferSize 0
+FcgidMaxProcessesPerClass 8
+Alias / "%(script)s"
+<Directory "%(d)s/mod_fcgid">
+    Options +ExecCGI
+    AddHandler fcgid-script .wsgi
+    Require all granted
+</Directory>
+"""
+            cmd = ["apache2", "-f", conf, "-DFOREGROUND"]
+        root = os.geteuid() == 0
+        with open(conf, "w") as f:
+            f.write(text % dict(d=d, port=port, wb=wb, user="user: root\n" if root else "",
+                                apache_user="User www-data\nGroup www-data" if root else "",
+                                script=os.path.join(d, front, "app.wsgi")))
+        env = dict(os.environ, HOME=os.path.join(d, front), XDG_DATA_HOME=os.path.join(d, front),
+                   XDG_CONFIG_HOME=os.path.join(d, front))
+        with open(os.path.join(d, front + ".log"), "w") as out:
+            self.procs[front] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=APPS_DIR,
+                                                 start_new_session=True, env=env)
 
     def targets(self, app):
         """The targets measured for app; a baseline or a variant goes with
@@ -232,7 +331,7 @@ http {
                 if t.startswith(beside):
                     return getattr(self.args, beside) and t.replace(beside, "wsgibridge") in self.args.targets
             return t in self.args.targets
-        return [t for t in TARGETS if (t != "nginx" or app == "hello") and wanted(t)]
+        return [t for t in TARGETS if (t != "nginx" and t not in FRONTS or app == "hello") and wanted(t)]
 
     def wrk(self, target, app, seconds):
         """Runs wrk; returns its output and its own CPU seconds."""
@@ -248,7 +347,11 @@ http {
 
     def measure(self, app, rnd, target):
         self.wrk(target, app, 2)  # warm-up, not measured
-        nginx_pids = children(self.procs["nginx"].pid)[1:]  # the worker, not the master
+        if target in FRONTS:
+            # Its own processes (mod_fcgid's wsgibridge processes among them).
+            nginx_pids = children(self.procs[target].pid)
+        else:
+            nginx_pids = children(self.procs["nginx"].pid)[1:]  # the worker, not the master
         server = SERVER_OF.get(target, target)
         server_pids = children(self.procs[server].pid) if server else []
         before = (cpu_ticks(nginx_pids), cpu_ticks(server_pids))

@@ -40,6 +40,8 @@ func burst(t *testing.T, p *fcgiPool, n int, path, query string) []outcome {
 			o := outcome{index: i, took: time.Since(start), done: time.Now()}
 			if status, ok := strings.CutPrefix(r.stdout[1], "Status: "); ok {
 				o.status = status[:3]
+			} else if r.stdout[1] != "" {
+				o.status = "200" // CGI's default: a 200 has no Status line
 			}
 			if len(r.ends) == 1 {
 				o.ended, o.code = true, r.ends[0].status

@@ -118,7 +118,7 @@ func hello(id uint16, keep bool) []byte {
 func (p *fcgiPool) healthy(t testing.TB) {
 	t.Helper()
 	r := reply(t, p.exchange(t, hello(1, false)))
-	assert.Equal(t, "Status: 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\nHello, world!", r.stdout[1])
+	assert.Equal(t, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\nHello, world!", r.stdout[1], "a 200 has no Status line")
 	assert.Equal(t, []end{{1, 0}}, r.ends)
 }
 
@@ -176,7 +176,7 @@ func TestFastCGIWorkerRequests(t *testing.T) {
 		ends   []end
 		check  func(t *testing.T, r parsed)
 	}{
-		{name: "a request", in: hello(1, false), stdout: []string{"Status: 200 OK\r\n", "Hello, world!"}, ends: []end{{1, 0}}},
+		{name: "a request", in: hello(1, false), stdout: []string{"Content-Type: text/plain; charset=utf-8\r\n", "Hello, world!"}, ends: []end{{1, 0}}},
 		{name: "two requests on a kept connection", in: join(hello(1, true), hello(1, true)),
 			stdout: []string{"Hello, world!", "Hello, world!"}, ends: []end{{1, 0}, {1, 0}}},
 		{name: "params in one-byte records", in: join(tu.FCGIBegin(1, 1, false), oneByteParams,
@@ -217,7 +217,7 @@ func TestFastCGIWorkerRequests(t *testing.T) {
 			stdout: []string{"Hello, world!", "Hello, world!"}, ends: []end{{1, 0}, {1, 0}}},
 		{name: "a NUL byte in a variable", in: tu.FCGIRequest(1, false, "", append(get, "HTTP_X", "a\x00b")...),
 			stdout: []string{"Status: 400 Bad Request\r\n"}, ends: []end{{1, 0}}},
-		{name: "an invalid CONTENT_LENGTH", in: tu.FCGIRequest(1, false, "", append(get, "CONTENT_LENGTH", "-1")...),
+		{name: "an invalid CONTENT_LENGTH", in: tu.FCGIRequest(1, false, "", append(get, "CONTENT_LENGTH", "-2")...),
 			stdout: []string{"Status: 400 Bad Request\r\n"}, ends: []end{{1, 0}}},
 		{name: "no REQUEST_METHOD", in: tu.FCGIRequest(1, false, "", "SERVER_PROTOCOL", "HTTP/1.1"),
 			stdout: []string{"Status: 500 Internal Server Error\r\n"}, ends: []end{{1, 0}}},

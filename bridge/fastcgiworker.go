@@ -22,8 +22,11 @@ import (
 type FastCGIConfig struct {
 	// Listener is the listening socket, shared by all the workers.
 	Listener *os.File
-	// Mount is the SCRIPT_NAME the app gets (see Mount), unless KeepMount
-	// leaves SCRIPT_NAME and PATH_INFO as the web server sent them.
+	// Mount is the SCRIPT_NAME the app gets (see Mount; "/" is the root),
+	// unless KeepMount leaves SCRIPT_NAME and PATH_INFO as the web server
+	// sent them. Empty: the web server's split is kept, nginx's stock
+	// whole path in SCRIPT_NAME becomes PATH_INFO, and a prefix the web
+	// server stripped goes back into SCRIPT_NAME (environ.py's split_path).
 	Mount     string
 	KeepMount bool
 	// Timeout stops a request that runs longer: the app gets Stop raised
@@ -68,7 +71,10 @@ type FastCGIConfig struct {
 // args returns the worker's options for cfg.
 func (cfg *FastCGIConfig) args() []string {
 	a := []string{"workers=" + strconv.Itoa(max(cfg.Workers, 1))}
-	if !cfg.KeepMount {
+	switch {
+	case cfg.KeepMount:
+		a = append(a, "mount=keep")
+	case cfg.Mount != "":
 		a = append(a, "mount="+strings.TrimRight(cfg.Mount, "/"))
 	}
 	if cfg.Timeout > 0 {

@@ -20,7 +20,7 @@ from wsgibridge.fastcgi import environ as w
 out = []
 for pairs in json.load(sys.stdin):
     try:
-        env, length, to_eof = w.make_environ(dict(pairs), None)
+        env, length, to_eof = w.make_environ(dict(pairs), w.KEEP)
         out.append({"env": env, "length": length, "toEOF": to_eof})
     except w.Refused as exc:
         out.append({"status": exc.status})

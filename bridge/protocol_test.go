@@ -46,7 +46,9 @@ func TestParseStatus(t *testing.T) {
 		{"Status: 200 OK\r\n\r\n", 200, true},
 		{"Status: 404 \r\n\r\n", 404, true},
 		{"Status: 20", 0, false},
-		{"Content-Type: x\r\nStatus: 200 OK\r\n", 0, false},
+		{"Content-Type: x\r\n\r\n", 200, true},
+		{"Status:200 OK\r\n\r\n", 0, false},
+		{"", 0, false},
 		{"Status: 099 x", 0, false},
 		{"Status: abc", 0, false},
 	}

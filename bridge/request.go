@@ -59,7 +59,8 @@ const maxContentLengthDigits = 18
 // stream without CONTENT_LENGTH). Rules, by catalog row:
 //   - B1: REQUEST_METHOD and SERVER_PROTOCOL are the web server's duty;
 //     missing or bogus is a 500 (the gateway is misconfigured).
-//   - B2: CONTENT_LENGTH is digits only; empty means absent; else 400.
+//   - B2: CONTENT_LENGTH is digits only; empty means absent; -1 means
+//     unknown (the body runs to the end of the input); else 400.
 //   - B3: SCRIPT_NAME ending in "/" gives that slash to PATH_INFO.
 //   - B4: a NUL byte anywhere is a 400.
 //   - B5, B10, G1: HTTP_PROXY, HTTP_CONTENT_LENGTH, HTTP_CONTENT_TYPE and
@@ -69,7 +70,7 @@ const maxContentLengthDigits = 18
 func normalize(in []Var) (env []Var, length int64, toEOF bool, err error) {
 	out := make([]Var, 0, len(in)+6)
 	var method, proto, scriptName, pathInfo, host, https, scheme, te string
-	var haveQuery, haveName, havePort bool
+	var haveQuery, haveName, havePort, unknown bool
 	length = -1
 	for _, v := range in {
 		if strings.IndexByte(v.Value, 0) >= 0 || strings.IndexByte(v.Name, 0) >= 0 {
@@ -102,6 +103,12 @@ func normalize(in []Var) (env []Var, length int64, toEOF bool, err error) {
 			te = v.Value
 		case "CONTENT_LENGTH":
 			if v.Value == "" {
+				continue
+			}
+			if v.Value == "-1" {
+				// A body of unknown length (Caddy's, for a chunked or
+				// an HTTP/2 body): read to the end of the input.
+				unknown = true
 				continue
 			}
 			n, ok := parseContentLength(v.Value)
@@ -145,7 +152,7 @@ func normalize(in []Var) (env []Var, length int64, toEOF bool, err error) {
 		}
 	}
 	out = append(out, Var{"wsgi.url_scheme", urlScheme})
-	toEOF = length < 0 && strings.Contains(strings.ToLower(te), "chunked")
+	toEOF = unknown || length < 0 && strings.Contains(strings.ToLower(te), "chunked")
 	return out, length, toEOF, nil
 }
 
@@ -231,11 +238,13 @@ func splitHost(host, scheme string) (name, port string) {
 
 // Mount gives the app the mount point the operator chose instead of the one
 // the server sent: SCRIPT_NAME becomes prefix ("" or "/app"), and PATH_INFO
-// the request path below it. The path is the server's PATH_INFO if it sent
-// a non-empty one, else DOCUMENT_URI, else SCRIPT_NAME (nginx's stock
+// the request path below it, whatever split the server made. The path is
+// SCRIPT_NAME joined with PATH_INFO if the server sent a non-empty
+// PATH_INFO, else DOCUMENT_URI, else SCRIPT_NAME (nginx's stock
 // fastcgi_params send the whole path as SCRIPT_NAME and no PATH_INFO,
 // which no WSGI router can use). The prefix is stripped from the path when
-// the path starts with it at a segment boundary.
+// the path starts with it at a segment boundary. (The FastCGI worker's
+// split_path does the same.)
 func Mount(env []Var, prefix string) []Var {
 	prefix = strings.TrimRight(prefix, "/")
 	var pathInfo, docURI, scriptName string
@@ -251,6 +260,9 @@ func Mount(env []Var, prefix string) []Var {
 		}
 	}
 	path := pathInfo
+	if script := strings.TrimRight(scriptName, "/"); path != "" && script != "" {
+		path = script + "/" + strings.TrimLeft(path, "/")
+	}
 	if path == "" {
 		path = docURI
 	}

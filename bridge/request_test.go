@@ -44,6 +44,13 @@ func TestNormalize(t *testing.T) {
 			length: -1,
 		},
 		{
+			name:   "a length not known",
+			in:     []string{"CONTENT_LENGTH", "-1"},
+			absent: []string{"CONTENT_LENGTH"},
+			length: -1,
+			toEOF:  true,
+		},
+		{
 			name:   "server name and port kept when given",
 			in:     []string{"HTTP_HOST", "other", "SERVER_NAME", "real", "SERVER_PORT", "81"},
 			want:   map[string]string{"SERVER_NAME": "real", "SERVER_PORT": "81"},
@@ -142,7 +149,7 @@ func TestNormalizeRefuses(t *testing.T) {
 		{"no protocol", []string{"REQUEST_METHOD", "GET"}, 500, "SERVER_PROTOCOL"},
 		{"bogus protocol", []string{"REQUEST_METHOD", "GET", "SERVER_PROTOCOL", "HTTP/9x"}, 500, "SERVER_PROTOCOL"},
 	}
-	for _, cl := range []string{"-1", "+5", "abc", "1e3", " 5", "5,5", "9223372036854775808", "0x10", "5 "} {
+	for _, cl := range []string{"-2", "-01", "+5", "abc", "1e3", " 5", "5,5", "9223372036854775808", "0x10", "5 "} {
 		tests = append(tests, struct {
 			name   string
 			in     []string
@@ -212,6 +219,8 @@ func TestMount(t *testing.T) {
 		{"prefix is not a segment", []string{"SCRIPT_NAME", "/blogger", "DOCUMENT_URI", "/blogger"}, "/blog", "/blog", "/blogger"},
 		{"path info given", []string{"SCRIPT_NAME", "/app", "PATH_INFO", "/x/y"}, "/app", "/app", "/x/y"},
 		{"path info with the prefix", []string{"SCRIPT_NAME", "", "PATH_INFO", "/app/x"}, "/app", "/app", "/x"},
+		{"another split of the server's", []string{"SCRIPT_NAME", "/app/some", "PATH_INFO", "/path"}, "/app", "/app", "/some/path"},
+		{"a split, at the root", []string{"SCRIPT_NAME", "/blog/", "PATH_INFO", "/x"}, "", "", "/blog/x"},
 		{"only script name", []string{"SCRIPT_NAME", "/a/b"}, "", "", "/a/b"},
 		{"nothing", nil, "/app", "/app", ""},
 		{"decoded bytes kept", []string{"SCRIPT_NAME", "/caf\xc3\xa9", "DOCUMENT_URI", "/caf\xc3\xa9"}, "", "", "/caf\xc3\xa9"},

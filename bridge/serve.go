@@ -6,6 +6,7 @@ package bridge
 // and a request that must end early is stopped inside the app.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -146,7 +147,7 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			}
 			status, ok := parseStatus(block)
 			if !ok {
-				return w.desync(ctx, rw, res, "header block without a Status line")
+				return w.desync(ctx, rw, res, "header block with a malformed Status line")
 			}
 			res.Status = status
 			clientErr = rw.WriteHeader(status, block)
@@ -330,10 +331,18 @@ func putSize(frame []byte, n int) {
 	frame[4], frame[5], frame[6], frame[7] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
 }
 
-// parseStatus reads the code from a block that starts "Status: NNN".
+// parseStatus reads the code from a block that starts "Status: NNN"; a
+// block without a Status line is a 200, CGI's default (the worker leaves
+// it out for a 200 without a Location).
 func parseStatus(block []byte) (int, bool) {
 	const prefix = "Status: "
-	if len(block) < len(prefix)+3 || string(block[:len(prefix)]) != prefix {
+	if !bytes.HasPrefix(block, []byte(prefix)) {
+		if len(block) < 2 || bytes.HasPrefix(block, []byte("Status:")) {
+			return 0, false
+		}
+		return 200, true
+	}
+	if len(block) < len(prefix)+3 {
 		return 0, false
 	}
 	code, err := strconv.Atoi(string(block[len(prefix) : len(prefix)+3]))

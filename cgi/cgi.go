@@ -96,7 +96,7 @@ func NewResponseWriter(w io.Writer) *ResponseWriter {
 	return &ResponseWriter{w: bufio.NewWriterSize(w, 64<<10)}
 }
 
-// WriteHeader writes the CGI header block; it must start with "Status:".
+// WriteHeader writes the CGI header block (a 200 has no Status line).
 func (rw *ResponseWriter) WriteHeader(status int, block []byte) error {
 	_, err := rw.w.Write(block)
 	return err

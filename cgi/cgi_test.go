@@ -58,10 +58,10 @@ func TestChildEnv(t *testing.T) {
 func TestResponseWriter(t *testing.T) {
 	var out bytes.Buffer
 	w := NewResponseWriter(&out)
-	require.NoError(t, w.WriteHeader(200, []byte("Status: 200 OK\r\n\r\n")))
+	require.NoError(t, w.WriteHeader(200, []byte("Content-Type: text/plain\r\n\r\n")))
 	_, err := w.Write([]byte("body"))
 	require.NoError(t, err)
 	assert.Empty(t, out.String(), "nothing goes out before Flush: header and body leave together")
 	require.NoError(t, w.Flush())
-	assert.Equal(t, "Status: 200 OK\r\n\r\nbody", out.String())
+	assert.Equal(t, "Content-Type: text/plain\r\n\r\nbody", out.String())
 }

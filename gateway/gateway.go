@@ -200,6 +200,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The scan follows no chunked body: the connection ends here.
 		w.Header().Set("Connection", "close")
 	}
+	for _, name := range dropped(r) {
+		g.log.Debug("dropped a request header with an underscore in its name", "header", name)
+	}
 	if g.serve(r.Context(), httpEnv(r), r.Body, &httpWriter{w: w}) {
 		// Makes net/http close the connection: a truncated response
 		// instead of one that looks complete.
@@ -322,6 +325,9 @@ func httpEnv(r *http.Request) []bridge.Var {
 		env = append(env, bridge.Var{Name: "CONTENT_LENGTH", Value: strconv.FormatInt(r.ContentLength, 10)})
 	}
 	for name, values := range r.Header {
+		if strings.IndexByte(name, '_') >= 0 {
+			continue // see dropped
+		}
 		key := "HTTP_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 		sep := ", "
 		if key == "HTTP_COOKIE" {
@@ -332,15 +338,29 @@ func httpEnv(r *http.Request) []bridge.Var {
 	return env
 }
 
+// dropped returns the names of r's headers that httpEnv leaves out: those
+// with an underscore, which would share their CGI name with the same one
+// spelled with a dash (X_Real_User and X-Real-User, a client's and a
+// proxy's), as nginx, Apache 2.4 and gunicorn leave them out.
+func dropped(r *http.Request) []string {
+	var out []string
+	for name := range r.Header {
+		if strings.IndexByte(name, '_') >= 0 {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // httpWriter turns a CGI response into an HTTP one.
 type httpWriter struct{ w http.ResponseWriter }
 
 func (h *httpWriter) WriteHeader(status int, block []byte) error {
 	hdr := h.w.Header()
 	lines := bytes.Split(bytes.TrimSuffix(block, []byte("\r\n\r\n")), []byte("\r\n"))
-	for _, line := range lines[1:] { // lines[0] is the Status line
+	for _, line := range lines {
 		name, value, ok := bytes.Cut(line, []byte(": "))
-		if ok {
+		if ok && string(name) != "Status" {
 			hdr.Add(string(name), string(value))
 		}
 	}

@@ -53,6 +53,11 @@ func TestHTTPEnv(t *testing.T) {
 			absent:  []string{"CONTENT_LENGTH"},
 		},
 		{
+			name:    "a header with an underscore is not the app's",
+			request: "GET / HTTP/1.1\r\nHost: h\r\nX-Real-User: alice\r\nX_Real_User: mallory\r\n\r\n",
+			want:    map[string]string{"HTTP_X_REAL_USER": "alice"},
+		},
+		{
 			name:    "repeated headers",
 			request: "GET / HTTP/1.1\r\nHost: h\r\nAccept: a\r\nAccept: b\r\nCookie: c=1\r\nCookie: d=2\r\n\r\n",
 			want:    map[string]string{"HTTP_ACCEPT": "a, b", "HTTP_COOKIE": "c=1; d=2"},
@@ -90,6 +95,14 @@ func TestHTTPWriter(t *testing.T) {
 	assert.Equal(t, []string{"a=1", "b=2"}, rec.Header().Values("Set-Cookie"))
 	assert.Empty(t, rec.Header().Values("Status"))
 	assert.Equal(t, "body", rec.Body.String())
+
+	// A 200 comes without a Status line.
+	rec = httptest.NewRecorder()
+	w = &httpWriter{w: rec}
+	assert.NoError(t, w.WriteHeader(200, []byte("Content-Type: text/plain\r\nX-A: 1\r\n\r\n")))
+	assert.Equal(t, 200, rec.Code)
+	assert.Equal(t, "text/plain", rec.Header().Get("Content-Type"))
+	assert.Equal(t, "1", rec.Header().Get("X-A"))
 }
 
 var _ bridge.ResponseWriter = (*httpWriter)(nil)

@@ -100,12 +100,16 @@ checked_lines = {}
 
 
 def header_block(status, headers):
-    """Validates a status and header list and returns the CGI header block."""
+    """Validates a status and header list and returns the CGI header block
+    and the Content-Length. A 200 without a Location header has no Status
+    line: it is CGI's default, and a web server that passes the CGI
+    header on (Caddy) would show it to the client."""
     raw = check_status(status)
     if type(headers) is not list:
         raise AppError("response headers must be a list, not %s" % type(headers).__name__)
     lines = [b"Status: " + raw]
     length = None
+    location = False
     for item in headers:
         if type(item) is tuple and len(item) == 2 and type(item[0]) is str and type(item[1]) is str:
             hit = checked_lines.get(item)
@@ -139,14 +143,23 @@ def header_block(status, headers):
             length = int(bvalue)
         line = bname + b": " + bvalue
         lines.append(line)
-        if len(value) <= 64 and len(checked_lines) < 1024:
+        if lower == "location":
+            location = True  # never cached: a hit must not hide it
+        elif len(value) <= 64 and len(checked_lines) < 1024:
             checked_lines[item] = (line, length if lower == "content-length" else None)
+    if raw[:4] == b"200 " and not location and len(lines) > 1:
+        del lines[0]
     lines.append(b"\r\n")
     block = b"\r\n".join(lines)
     if len(block) > MAX_HEADER_BLOCK:
         raise AppError("response headers are %d bytes, over the %d-byte limit"
                        % (len(block), MAX_HEADER_BLOCK))
     return block, length
+
+def status_of(block):
+    """The status code of a header block, 200 when it has no Status line."""
+    return block[8:11] if block[:8] == b"Status: " else b"200"
+
 
 class FileWrapper:
     """wsgi.file_wrapper: iterates a file-like object in blocks (PEP 3333)."""
@@ -213,7 +226,7 @@ class Response:
             raise AppError("start_response() called a second time without exc_info")
         got = self.fast_head(status, headers) if self.fast_head is not None else None
         self.block, self.length = got or header_block(status, headers)
-        code = self.block[8:11]
+        code = status_of(self.block)
         if code[:1] == b"1" or code in (b"204", b"304"):
             self.omit_body = True
         return self.write

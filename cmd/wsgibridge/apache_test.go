@@ -139,7 +139,9 @@ func startApacheConf(t *testing.T, name string, vars map[string]string, prepare 
 // shown when the test fails.
 func startServer(t *testing.T, name string, cmd *exec.Cmd, sig syscall.Signal, port int, log func() string) {
 	t.Helper()
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if cmd.Stdout == nil && cmd.Stderr == nil {
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	}
 	require.NoError(t, cmd.Start())
 	exited := make(chan struct{})
 	var waitErr error

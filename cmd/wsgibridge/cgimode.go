@@ -64,6 +64,11 @@ func runCGIFlags(args, environ []string, stdin io.Reader, stdout io.Writer, stde
 func runScript(path string, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.File) int {
 	log := newLogger(stderr, slog.LevelInfo, false)
 	s, err := readScript(path)
+	if err == nil {
+		// The daemon settings serve under mod_fcgid or systemd; here
+		// they are only checked, so a mistake shows wherever it runs.
+		err = checkScriptKeys(s)
+	}
 	if err != nil {
 		log.Error(err.Error())
 		if hasVar(environ, "REQUEST_METHOD") {

@@ -52,6 +52,8 @@ type daemonFlags struct {
 	notify *systemd.Notifier
 	// mode is the daemon's: fastcgi or http.
 	mode string
+	// explicit holds the flags set on the command line or by a script.
+	explicit map[string]bool
 }
 
 func (d *daemonFlags) register(fs *flag.FlagSet) {
@@ -140,6 +142,19 @@ func (d *daemonFlags) setup(fs *flag.FlagSet, args []string, stderr io.Writer) (
 		fs.Usage()
 		return nil, exitUsage
 	}
+	d.explicit = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { d.explicit[f.Name] = true })
+	d.s.app = fs.Arg(0)
+	if isScript(d.s.app) {
+		var err error
+		if d.s, err = readScript(d.s.app); err == nil {
+			err = applyScript(fs, d.s, d.explicit)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
+			return nil, exitUsage
+		}
+	}
 	lvl, err := parseLevel(d.logLevel)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: --log-level: %v\n", fs.Name(), err)
@@ -164,13 +179,6 @@ func (d *daemonFlags) setup(fs *flag.FlagSet, args []string, stderr io.Writer) (
 	if d.backlog < 1 || d.workerIdle <= 0 || d.queueTimeout <= 0 || d.maxRSS < 0 {
 		fmt.Fprintf(stderr, "%s: --backlog must be 1 or more, --worker-idle and --queue-timeout more than 0, --max-rss 0 or more\n", fs.Name())
 		return nil, exitUsage
-	}
-	d.s.app = fs.Arg(0)
-	if isScript(d.s.app) {
-		if d.s, err = readScript(d.s.app); err != nil {
-			fmt.Fprintf(stderr, "%s: %v\n", fs.Name(), err)
-			return nil, exitUsage
-		}
 	}
 	return newLogger(stderr, lvl, true), exitOK
 }

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -18,15 +19,34 @@ import (
 	"github.com/wsgibridge/wsgibridge/fastcgi"
 )
 
+// fastcgiFlags are the flags of the fastcgi mode beside the daemons' own.
+type fastcgiFlags struct {
+	bind, socketMode string
+	headerTimeout    time.Duration
+}
+
+// newFastCGIFlagSet returns the fastcgi mode's flag set.
+func newFastCGIFlagSet(d *daemonFlags, f *fastcgiFlags, stderr io.Writer) *flag.FlagSet {
+	fs := d.newFlagSet("fastcgi", stderr)
+	fs.StringVar(&f.bind, "bind", "", "where to listen: HOST:PORT, [::1]:PORT or unix:PATH; without it, a socket inherited on fd 0 (mod_fcgid, spawn-fcgi) or from systemd")
+	fs.StringVar(&f.socketMode, "socket-mode", "0660", "file mode of a unix socket")
+	fs.DurationVar(&f.headerTimeout, "header-timeout", 10*time.Second, "close a connection whose request's FastCGI header (BEGIN_REQUEST and PARAMS) stays unfinished this long")
+	return fs
+}
+
 func runFastCGI(args []string, stderr io.Writer) int {
 	var d daemonFlags
-	fs := d.newFlagSet("fastcgi", stderr)
-	bind := fs.String("bind", "", "where to listen: HOST:PORT, [::1]:PORT or unix:PATH; without it, a socket inherited on fd 0 (mod_fcgid, spawn-fcgi) or from systemd")
-	socketMode := fs.String("socket-mode", "0660", "file mode of a unix socket")
-	headerTimeout := fs.Duration("header-timeout", 10*time.Second, "close a connection whose request's FastCGI header (BEGIN_REQUEST and PARAMS) stays unfinished this long")
+	var f fastcgiFlags
+	fs := newFastCGIFlagSet(&d, &f, stderr)
+	bind, socketMode, headerTimeout := &f.bind, &f.socketMode, &f.headerTimeout
 	log, code := d.setup(fs, args, stderr)
 	if code != exitOK {
 		return code
+	}
+	if *bind == "" && fastcgi.ListeningOnStdin() && !d.explicit["workers"] {
+		// mod_fcgid sends a process one request at a time: a second
+		// worker would never serve (spawn-fcgi users set workers).
+		d.size = bridge.Size{Min: 1, Max: 1}
 	}
 	if *headerTimeout <= 0 {
 		fmt.Fprintln(stderr, "wsgibridge fastcgi: --header-timeout must be more than 0")

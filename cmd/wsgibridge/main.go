@@ -72,14 +72,6 @@ func run(args, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.F
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	}
-	if isScript(args[0]) {
-		// mod_fcgid and cgi-fcgi -start run a FastCGI program with its
-		// listening socket on fd 0; a CGI server gives a pipe or nothing.
-		if fastcgi.ListeningOnStdin() {
-			return runFastCGI(args, stderr)
-		}
-		return runScript(args[0], environ, stdin, stdout, stderr)
-	}
 	switch args[0] {
 	case "cgi":
 		return runCGIFlags(args[1:], environ, stdin, stdout, stderr)
@@ -90,6 +82,18 @@ func run(args, environ []string, stdin io.Reader, stdout io.Writer, stderr *os.F
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
+	}
+	if isScript(args[0]) {
+		// mod_fcgid and cgi-fcgi -start run a FastCGI program with its
+		// listening socket on fd 0; a CGI server gives a pipe or nothing.
+		if fastcgi.ListeningOnStdin() {
+			return runFastCGI(args, stderr)
+		}
+		return runScript(args[0], environ, stdin, stdout, stderr)
+	}
+	if _, err := os.Stat(args[0]); err == nil {
+		fmt.Fprintf(stderr, "wsgibridge: %s is not a script: its first line must be a #! line naming wsgibridge\n\n%s", args[0], usage)
+		return exitUsage
 	}
 	fmt.Fprintf(stderr, "wsgibridge: unknown mode %q\n\n%s", args[0], usage)
 	return exitUsage

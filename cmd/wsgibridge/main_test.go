@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,15 +77,21 @@ func TestParseScript(t *testing.T) {
 		{
 			name: "hand-off",
 			text: "#!/usr/bin/wsgibridge\napp = hello\npool = unix:/run/site/pool.sock\nspawn = yes\nidle-timeout = 90s\nworkers = 1\n",
-			want: settings{app: "hello", pool: "unix:/run/site/pool.sock", spawn: true, idleTimeout: 90 * time.Second, workers: 1},
+			want: settings{app: "hello", pool: "unix:/run/site/pool.sock", spawn: true, idleTimeout: 90 * time.Second, workers: 1,
+				daemon: []scriptSetting{{"workers", "1", 6}}},
+		},
+		{
+			name: "daemon settings",
+			text: "#!/usr/bin/wsgibridge\napp = hello\nmount = /app\ntimeout = 30s\naccess-log = yes\nworkers = 2:6\n",
+			want: settings{app: "hello", workers: 6, daemon: []scriptSetting{
+				{"mount", "/app", 3}, {"timeout", "30s", 4}, {"access-log", "yes", 5}, {"workers", "2:6", 6}}},
 		},
 		{name: "spawn picks a pool", text: "#!/usr/bin/wsgibridge\napp = hello\nspawn = on\n", want: settings{app: "hello", pool: "auto", spawn: true}},
 		{name: "bad pool", text: "#!/usr/bin/wsgibridge\napp = a\npool = /run/x.sock\n", err: "line 3: pool wants unix:PATH or auto"},
 		{name: "bad spawn", text: "#!/usr/bin/wsgibridge\napp = a\nspawn = maybe\n", err: "line 3: spawn wants yes or no"},
 		{name: "bad idle timeout", text: "#!/usr/bin/wsgibridge\napp = a\nidle-timeout = soon\n", err: "line 3: idle-timeout wants a duration"},
-		{name: "bad workers", text: "#!/usr/bin/wsgibridge\napp = a\nworkers = 0\n", err: "line 3: workers wants a number of 1 or more"},
+		{name: "bad workers", text: "#!/usr/bin/wsgibridge\napp = a\nworkers = 0\n", err: `line 3: workers: "0": a fixed pool needs 1 worker or more`},
 		{name: "no shebang", text: "app = x\n", err: "line 1: want a #! line"},
-		{name: "unknown key", text: "#!/usr/bin/wsgibridge\napp = x\npyhton = /usr/bin/python3\n", err: `line 3: unknown setting "pyhton" (known: app, python, chdir, pythonpath, env, pool, spawn, idle-timeout, workers)`},
 		{name: "no equals", text: "#!/usr/bin/wsgibridge\napp x\n", err: "line 2: want 'setting = value'"},
 		{name: "empty value", text: "#!/usr/bin/wsgibridge\napp =\n", err: "line 2: app has no value"},
 		{name: "twice", text: "#!/usr/bin/wsgibridge\napp = a\n\napp = b\n", err: "line 4: app is already set on line 2"},
@@ -102,6 +109,40 @@ func TestParseScript(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, got)
 		})
+	}
+}
+
+// TestScriptDaemonSettings: a script's other settings are the daemons'
+// flags; the command line wins; a key that is no flag is an error,
+// wherever the script runs.
+func TestScriptDaemonSettings(t *testing.T) {
+	s, err := parseScript(strings.NewReader("#!/opt/wsgibridge-1.4/bin/wsgi-bridge\napp = a\nmount = /app\n"+
+		"timeout = 30s\naccess-log = yes\nmax-requests = 500\nworkers = 2:6\n"), "site.wsgi")
+	require.NoError(t, err)
+	var d daemonFlags
+	var f fastcgiFlags
+	fs := newFastCGIFlagSet(&d, &f, io.Discard)
+	require.NoError(t, fs.Parse([]string{"--max-requests", "100", "x"}))
+	explicit := map[string]bool{"max-requests": true}
+	require.NoError(t, applyScript(fs, s, explicit))
+	assert.Equal(t, "/app", d.mount)
+	assert.Equal(t, 30*time.Second, d.timeout)
+	assert.True(t, d.accessLog)
+	assert.Equal(t, "2:6", d.workers)
+	assert.Equal(t, 100, d.maxRequests, "the command line wins")
+	assert.True(t, explicit["workers"])
+
+	for text, want := range map[string]string{
+		"pyhton = /usr/bin/python3": `line 3: unknown setting "pyhton" (known: app, python, chdir`,
+		"access-log = maybe":        "line 3: access-log wants yes or no",
+		"timeout = soon":            `line 3: timeout: parse error`,
+	} {
+		s, err := parseScript(strings.NewReader("#!/usr/bin/wsgibridge\napp = a\n"+text+"\n"), "site.wsgi")
+		require.NoError(t, err)
+		s.script = "site.wsgi"
+		err = checkScriptKeys(s)
+		require.Error(t, err, text)
+		assert.Contains(t, err.Error(), "script site.wsgi: "+want)
 	}
 }
 
@@ -166,7 +207,7 @@ func TestCGIExitCodes(t *testing.T) {
 		stdout string
 		stderr string
 	}{
-		{"hello", cgiEnv("GET", "/hello"), "probe", 0, "Status: 200 OK\r\n", ""},
+		{"hello", cgiEnv("GET", "/hello"), "probe", 0, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\nHello", ""},
 		{"not run by a web server", []string{"PATH=" + os.Getenv("PATH")}, "probe", 2, "", "REQUEST_METHOD is not set"},
 		{"import fails", cgiEnv("GET", "/"), "no_such_app", 3, "Status: 500 Internal Server Error\r\n",
 			"app 'no_such_app' failed to import: ModuleNotFoundError: No module named 'no_such_app' (python "},
@@ -236,7 +277,7 @@ func TestScriptExecutedByKernel(t *testing.T) {
 	cmd.Env = cgiEnv("GET", "/os-environ")
 	out, err := cmd.Output()
 	require.NoError(t, err)
-	assert.Contains(t, string(out), "Status: 200 OK\r\n")
+	assert.True(t, strings.HasPrefix(string(out), "Content-Type: "), "a 200, with no Status line: %s", out)
 	assert.Contains(t, string(out), "FROM_SCRIPT=1")
 
 	bad := filepath.Join(dir, "bad.wsgi")

@@ -63,7 +63,7 @@ func TestCgiFcgiClient(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "app.sock")
 	startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--chdir", appsDir(t), "probe:validated")
 	out := cgiFcgi(t, sock, "GET", "/hello", "")
-	assert.Equal(t, "Status: 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\nHello, world!", out)
+	assert.Equal(t, "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\n\r\nHello, world!", out)
 	body := strings.Repeat("libfcgi ", 20000)
 	out = cgiFcgi(t, sock, "POST", "/echo", body)
 	assert.True(t, strings.HasSuffix(out, "\r\n\r\n"+body))

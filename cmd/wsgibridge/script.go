@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wsgibridge/wsgibridge/bridge"
 )
 
 // settings is what a mode needs to start the app, from flags or a script.
@@ -22,19 +25,31 @@ type settings struct {
 	chdir      string
 	pythonpath []string
 	env        []string
+	script     string // the script file the settings came from, if any
 	// CGI hand-off (package handoff): the pool's socket, whether to start
 	// its daemon, and the daemon's idle timeout.
 	pool        string
 	spawn       bool
 	idleTimeout time.Duration
-	workers     int // of a spawned daemon; 0: its default
+	workers     int // the most of a spawned daemon; 0: its default
+	// daemon holds the script's other settings, the daemons' flags by
+	// name (mod_fcgid and systemd run a script with no flags).
+	daemon []scriptSetting
+}
+
+// scriptSetting is one line of a script: key = value.
+type scriptSetting struct {
+	key, value string
+	line       int
 }
 
 // scriptKeys lists the settings a script may hold, for error messages.
-const scriptKeys = "app, python, chdir, pythonpath, env, pool, spawn, idle-timeout, workers"
+const scriptKeys = "app, python, chdir, pythonpath, env, pool, spawn, idle-timeout, workers, and any flag of " +
+	"wsgibridge fastcgi without its dashes (mount, timeout, max-requests, access-log, ...)"
 
-// isScript reports whether path names a wsgibridge script: a file whose
-// first line is a "#!" line naming wsgibridge.
+// isScript reports whether path names a script: a file whose first line is
+// a "#!" line. Run by the kernel, wsgibridge gets the script's path as its
+// first argument whatever name the #! line gives the binary.
 func isScript(path string) bool {
 	f, err := os.Open(path)
 	if err != nil {
@@ -45,7 +60,53 @@ func isScript(path string) bool {
 	if err != nil && len(line) == 0 {
 		return false
 	}
-	return bytes.HasPrefix(line, []byte("#!")) && bytes.Contains(line, []byte("wsgibridge"))
+	return bytes.HasPrefix(line, []byte("#!"))
+}
+
+// applyScript sets the flags of fs that the script s names and that the
+// command line (explicit, which it updates) did not: the command line
+// wins. A key that is no flag of fs is an error.
+func applyScript(fs *flag.FlagSet, s settings, explicit map[string]bool) error {
+	for _, kv := range s.daemon {
+		f := fs.Lookup(kv.key)
+		if f == nil {
+			return fmt.Errorf("script %s: line %d: unknown setting %q (known: %s)", s.script, kv.line, kv.key, scriptKeys)
+		}
+		if explicit[kv.key] {
+			continue
+		}
+		value := kv.value
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			on, err := yesNo(value)
+			if err != nil {
+				return fmt.Errorf("script %s: line %d: %s wants yes or no, got %q", s.script, kv.line, kv.key, value)
+			}
+			value = strconv.FormatBool(on)
+		}
+		if err := fs.Set(kv.key, value); err != nil {
+			return fmt.Errorf("script %s: line %d: %s: %v", s.script, kv.line, kv.key, err)
+		}
+		explicit[kv.key] = true
+	}
+	return nil
+}
+
+// checkScriptKeys checks that the daemon settings of a script run as CGI
+// (which uses none of them) are ones the daemons know.
+func checkScriptKeys(s settings) error {
+	var d daemonFlags
+	var f fastcgiFlags
+	return applyScript(newFastCGIFlagSet(&d, &f, io.Discard), s, map[string]bool{})
+}
+
+func yesNo(v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "yes", "true", "on":
+		return true, nil
+	case "no", "false", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("want yes or no, got %q", v)
 }
 
 // readScript reads the script at path. Relative paths in it (chdir,
@@ -60,6 +121,7 @@ func readScript(path string) (settings, error) {
 	if err != nil {
 		return settings{}, err
 	}
+	s.script = path
 	dir := filepath.Dir(path)
 	rel := func(p string) string {
 		if p == "" || filepath.IsAbs(p) {
@@ -131,20 +193,18 @@ func parseScript(r io.Reader, name string) (settings, error) {
 			}
 			s.pool = value
 		case "spawn":
-			switch strings.ToLower(value) {
-			case "yes", "true", "on":
-				s.spawn = true
-			case "no", "false", "off":
-				s.spawn = false
-			default:
+			on, err := yesNo(value)
+			if err != nil {
 				return s, fmt.Errorf("script %s: line %d: spawn wants yes or no, got %q", name, n, value)
 			}
+			s.spawn = on
 		case "workers":
-			w, err := strconv.Atoi(value)
-			if err != nil || w < 1 {
-				return s, fmt.Errorf("script %s: line %d: workers wants a number of 1 or more, got %q", name, n, value)
+			size, err := bridge.ParseSize(value)
+			if err != nil {
+				return s, fmt.Errorf("script %s: line %d: workers: %v", name, n, err)
 			}
-			s.workers = w
+			s.workers = size.Max
+			s.daemon = append(s.daemon, scriptSetting{key, value, n})
 		case "idle-timeout":
 			d, err := time.ParseDuration(value)
 			if err != nil || d <= 0 {
@@ -152,7 +212,7 @@ func parseScript(r io.Reader, name string) (settings, error) {
 			}
 			s.idleTimeout = d
 		default:
-			return s, fmt.Errorf("script %s: line %d: unknown setting %q (known: %s)", name, n, key, scriptKeys)
+			s.daemon = append(s.daemon, scriptSetting{key, value, n})
 		}
 	}
 	if err := sc.Err(); err != nil {

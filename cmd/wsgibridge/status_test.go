@@ -195,14 +195,14 @@ func TestSlowLog(t *testing.T) {
 	statusSock := filepath.Join(dir, "status.sock")
 	d := startDaemon(t, "fastcgi", "--bind", "unix:"+sock, "--workers", "2", "--slow-log", "300ms",
 		"--status", "unix:"+statusSock, "--chdir", appsDir(t), "probe")
-	for _, tc := range []struct{ path, frame string }{
-		{"/sleep?1", `in sleep`},
-		{"/spin?1", `in spin`},
-		{"/lock-wait?1", `in wait_on_lock`},
+	for _, tc := range []struct{ path, frame, body string }{
+		{"/sleep?1", `in sleep`, "slept"},
+		{"/spin?1", `in spin`, "spun"},
+		{"/lock-wait?1", `in wait_on_lock`, "unlocked"},
 	} {
 		got, err := fcgiGet(t, "unix", sock, tc.path)
 		require.NoError(t, err)
-		assert.Contains(t, string(got), "Status: 200 OK", tc.path)
+		assert.Contains(t, string(got), "\r\n\r\n"+tc.body, tc.path)
 		path := strings.SplitN(tc.path, "?", 2)[0]
 		entry := regexp.MustCompile(`msg="slow request" pid=\d+ request="GET ` + regexp.QuoteMeta(path) + `" elapsed=[^ ]+ stack="([^"\\]|\\.)*"`)
 		require.Eventually(t, func() bool { return len(entry.FindAllString(d.log.String(), -1)) == 1 },

@@ -393,6 +393,25 @@ def pid(environ, start_response):
     return ok(start_response, str(os.getpid()).encode())
 
 
+def respond(environ, start_response):
+    """Answers with the status QUERY_STRING names (a code), and a body
+    unless the status has none."""
+    code = environ.get("QUERY_STRING") or "200"
+    reasons = {"200": "OK", "201": "Created", "204": "No Content", "304": "Not Modified", "302": "Found"}
+    headers = [("X-Code", code)]
+    if code == "302":
+        headers.append(("Location", "/hello"))
+    start_response("%s %s" % (code, reasons.get(code, "Other")), headers)
+    return [b"" if code in ("204", "304") else b"code " + code.encode()]
+
+
+def cookies(environ, start_response):
+    """Sets three cookies."""
+    start_response("200 OK", TEXT + [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; HttpOnly"),
+                                     ("Set-Cookie", "c=3")])
+    return [b"three cookies"]
+
+
 HELD = []
 
 
@@ -436,7 +455,7 @@ ROUTES = {
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
     "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/spin": spin, "/lock-wait": lock_wait, "/gate": gate, "/drip-write": drip_write, "/input-terminated": input_terminated,
-    "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/hold": hold, "/big": big,
+    "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/hold": hold, "/respond": respond, "/cookies": cookies, "/big": big,
     "/inheritable": inheritable, "/lose-first-stop": lose_first(signal.SIGUSR1),
     "/lose-first-alarm": lose_first(signal.SIGALRM),
 }
@@ -457,7 +476,10 @@ def environ_and_body(environ, start_response):
 def application(environ, start_response):
     if environ.get("PATH_INFO", "").startswith("/echo-path/"):
         return echo_path(environ, start_response)
-    route = ROUTES.get(environ.get("PATH_INFO") or "/")
+    path = environ.get("PATH_INFO") or "/"
+    route = ROUTES.get(path)
+    if route is None and path.endswith("/environ"):
+        route = environ_dump  # the environ at any path, for the mount rules
     if route is None:
         body = ("no route %r" % environ.get("PATH_INFO")).encode("latin-1")
         start_response("404 Not Found", TEXT + [("Content-Length", str(len(body)))])

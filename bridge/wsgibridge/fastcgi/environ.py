@@ -67,8 +67,14 @@ def make_environ(params, mount):
     for name in drop:
         del env[name]
     length = -1
+    unknown = False
     cl = env.pop("CONTENT_LENGTH", "")
-    if cl:
+    if cl == "-1":
+        # A body of unknown length (Caddy sends it for a chunked upload,
+        # and for HTTP/2 and HTTP/3 bodies): STDIN has its own end, so it
+        # is read to there; respond gives the app the length it had.
+        unknown = True
+    elif cl:
         if not cl.isdigit() or not cl.isascii() or len(cl) > 18:
             raise Refused(400, "invalid CONTENT_LENGTH %r" % cl)
         length = int(cl)
@@ -80,18 +86,7 @@ def make_environ(params, mount):
     if proto not in COMMON_PROTOCOLS and (proto[:5] != "HTTP/" or len(proto) == 5
                                           or proto[5:].strip("0123456789.")):
         raise Refused(500, "gateway misconfigured: SERVER_PROTOCOL is %r" % proto)
-    script = env.get("SCRIPT_NAME", "")
-    path = env.get("PATH_INFO", "")
-    if mount is not None:
-        path = path or env.get("DOCUMENT_URI", "") or script
-        if path.startswith(mount) and (len(path) == len(mount) or path[len(mount)] == "/"):
-            path = path[len(mount):]
-        script = mount
-    elif script.endswith("/"):
-        script = script.rstrip("/")
-        path = "/" + path.lstrip("/")
-    env["SCRIPT_NAME"] = script
-    env["PATH_INFO"] = path
+    env["SCRIPT_NAME"], env["PATH_INFO"] = split_path(env, mount)
     if "QUERY_STRING" not in env:
         env["QUERY_STRING"] = ""
     https = env.get("HTTPS")
@@ -113,5 +108,69 @@ def make_environ(params, mount):
         if not env.get("SERVER_PORT"):
             env["SERVER_PORT"] = port
     coding = env.get("HTTP_TRANSFER_ENCODING")
-    to_eof = length < 0 and coding is not None and "chunked" in coding.lower()
+    to_eof = unknown or (length < 0 and coding is not None and "chunked" in coding.lower())
     return env, length, to_eof
+
+
+# make_environ's mount: SCRIPT_NAME and PATH_INFO as the web server sent
+# them (the CGI hand-off's daemon, which the CGI request's split suits).
+KEEP = "keep"
+
+
+def split_path(env, mount):
+    """SCRIPT_NAME and PATH_INFO for the app. mount: KEEP; a mount point
+    (--mount: the app runs there, PATH_INFO is the rest of the whole path,
+    whatever split the web server made); or None, the rule for web servers
+    as their guides configure them: a split the web server made is kept
+    (mod_fcgid, lighttpd, Caddy's split), the whole path as SCRIPT_NAME
+    with no PATH_INFO (nginx's stock fastcgi_params) becomes PATH_INFO,
+    and a prefix the web server stripped (Caddy's handle_path: REQUEST_URI
+    still has it) goes back into SCRIPT_NAME."""
+    script = env.get("SCRIPT_NAME", "")
+    path = env.get("PATH_INFO", "")
+    if mount is None or mount == KEEP:
+        if mount is None and not path:
+            path, script = env.get("DOCUMENT_URI", "") or script, ""
+        elif script.endswith("/"):
+            script = script.rstrip("/")
+            path = "/" + path.lstrip("/")
+        if mount is None and "REQUEST_URI" in env:
+            script = stripped_prefix(env["REQUEST_URI"], script + path) + script
+        return script, path
+    if path:
+        script = script.rstrip("/")
+        whole = script + "/" + path.lstrip("/") if script else path
+    else:
+        whole = env.get("DOCUMENT_URI", "") or script
+    if whole.startswith(mount) and (len(whole) == len(mount) or whole[len(mount)] == "/"):
+        whole = whole[len(mount):]
+    return mount, whole
+
+
+def stripped_prefix(uri, whole):
+    """The prefix of uri's path that the web server stripped from the path
+    it gave (whole): uri's path, decoded and normalised as web servers
+    do, ends with whole after it; "" when it does not."""
+    upath = uri.partition("?")[0]
+    if upath == whole or not whole.startswith("/") or not upath.startswith("/"):
+        return ""
+    from urllib.parse import unquote_to_bytes
+    upath = normalise(unquote_to_bytes(upath).decode("latin-1"))
+    if len(upath) <= len(whole) or not upath.endswith(whole):
+        return ""
+    prefix = upath[:len(upath) - len(whole)]
+    return prefix if prefix.startswith("/") and not prefix.endswith("/") else ""
+
+
+def normalise(path):
+    """path with its slashes merged and its dot segments resolved, as
+    nginx does to the path it passes on."""
+    out = []
+    for seg in path.split("/"):
+        if seg == "..":
+            if out:
+                out.pop()
+        elif seg not in ("", "."):
+            out.append(seg)
+    norm = "/" + "/".join(out)
+    return norm + "/" if path.endswith("/") and norm != "/" else norm

@@ -84,13 +84,17 @@ struct span {
 /* The params make_environ reads or sets, and the key it adds. */
 enum {
     CONTENT_LENGTH, REQUEST_METHOD, SERVER_PROTOCOL, SCRIPT_NAME, PATH_INFO, DOCUMENT_URI, QUERY_STRING,
-    HTTPS, REQUEST_SCHEME, SERVER_NAME, SERVER_PORT, HTTP_HOST, HTTP_TRANSFER_ENCODING, URL_SCHEME, KNOWN
+    HTTPS, REQUEST_SCHEME, SERVER_NAME, SERVER_PORT, HTTP_HOST, HTTP_TRANSFER_ENCODING, REQUEST_URI, URL_SCHEME,
+    KNOWN
 };
 static const char *const known_names[KNOWN] = {
     "CONTENT_LENGTH", "REQUEST_METHOD", "SERVER_PROTOCOL", "SCRIPT_NAME", "PATH_INFO", "DOCUMENT_URI",
     "QUERY_STRING", "HTTPS", "REQUEST_SCHEME", "SERVER_NAME", "SERVER_PORT", "HTTP_HOST",
-    "HTTP_TRANSFER_ENCODING", "wsgi.url_scheme",
+    "HTTP_TRANSFER_ENCODING", "REQUEST_URI", "wsgi.url_scheme",
 };
+
+/* How SCRIPT_NAME and PATH_INFO are made (environ.py's split_path). */
+enum mount_mode { MOUNT_AUTO, MOUNT_KEEP, MOUNT_AT };
 /* Their str, interned once: a known name costs no new string, and its
  * hash is already there. Then the values the environ shares. */
 static PyObject *keys[KNOWN], *empty, *http, *https, *localhost, *port80, *port443;
@@ -235,13 +239,14 @@ put_bytes(PyObject *env, int k, int slash, const unsigned char *p, Py_ssize_t n)
 
 /* Adds the name-value pairs in p[0:n] to env as latin-1 str, but for the
  * names the environ drops, and notes the known ones' values in seen.
- * Declines malformed pairs, a NUL byte, and more than max_pairs pairs
+ * Declines malformed pairs, a NUL byte, more than max_pairs pairs
  * (counted with repeats, where the Python counts names: near the limit,
- * the Python decides). */
+ * the Python decides), and a name sent twice (the Python joins a
+ * repeated header's values). */
 static int
 decode_pairs(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_pairs, PyObject *env, struct span *seen)
 {
-    Py_ssize_t i = 0, count = 0;
+    Py_ssize_t i = 0, count = 0, kept = 0;
     while (i < n) {
         Py_ssize_t ln = length_at(p, &i, n);
         Py_ssize_t lv = ln < 0 ? -1 : length_at(p, &i, n);
@@ -268,17 +273,32 @@ decode_pairs(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_pairs, PyObjec
         Py_XDECREF(v);
         if (err < 0)
             return -1;
+        kept++;
     }
-    return PLAIN;
+    return PyDict_Size(env) == kept ? PLAIN : DECLINED;
+}
+
+/* True when the path of the request URI uri (up to its query) is a
+ * followed by b: then no prefix was stripped from the path given. */
+static int
+same_path(struct span uri, struct span a, struct span b)
+{
+    const unsigned char *q = uri.p == NULL ? NULL : memchr(uri.p, '?', uri.n);
+    Py_ssize_t n = q == NULL ? uri.n : q - uri.p;
+    return n == a.n + b.n && (a.n == 0 || memcmp(uri.p, a.p, a.n) == 0) &&
+           (b.n == 0 || memcmp(uri.p + a.n, b.p, b.n) == 0);
 }
 
 /* The rest of make_environ, on the env decode_pairs made: CONTENT_LENGTH,
  * the method and protocol (declined when the Python would refuse them),
- * SCRIPT_NAME and PATH_INFO (mount: NULL, or its latin-1 bytes), the
- * defaults, the URL scheme, and whether a body runs to its end. */
+ * SCRIPT_NAME and PATH_INFO (by mode; MOUNT_AT: at mount, its latin-1
+ * bytes), the defaults, the URL scheme, and whether a body runs to its
+ * end. What split_path does in the rare cases it declines: a prefix the
+ * web server stripped, a split with SCRIPT_NAME ending in a slash (but
+ * under MOUNT_KEEP), a split under a mount point. */
 static int
-make_environ(PyObject *env, struct span *seen, const unsigned char *mount, Py_ssize_t mount_n,
-             long long *length, int *to_eof)
+make_environ(PyObject *env, struct span *seen, enum mount_mode mode, const unsigned char *mount,
+             Py_ssize_t mount_n, long long *length, int *to_eof)
 {
     struct span cl = seen[CONTENT_LENGTH];
     *length = -1;
@@ -310,7 +330,13 @@ make_environ(PyObject *env, struct span *seen, const unsigned char *mount, Py_ss
     }
 
     struct span script = seen[SCRIPT_NAME], path = seen[PATH_INFO];
-    if (mount != NULL) {
+    if (mode == MOUNT_AT) {
+        if (path.n > 0) {
+            while (script.n > 0 && script.p[script.n - 1] == '/')
+                script.n--;
+            if (script.n > 0)
+                return DECLINED; /* a split under a mount point: joined in Python */
+        }
         if (path.n == 0)
             path = seen[DOCUMENT_URI];
         if (path.n == 0)
@@ -321,6 +347,17 @@ make_environ(PyObject *env, struct span *seen, const unsigned char *mount, Py_ss
             path.n -= mount_n;
         }
         if (put_bytes(env, SCRIPT_NAME, 0, mount, mount_n) < 0 || put_bytes(env, PATH_INFO, 0, path.p, path.n) < 0)
+            return -1;
+    } else if (mode == MOUNT_AUTO) {
+        if (path.n == 0) {
+            path = seen[DOCUMENT_URI].n > 0 ? seen[DOCUMENT_URI] : script;
+            script = (struct span){NULL, 0};
+        } else if (script.n > 0 && script.p[script.n - 1] == '/') {
+            return DECLINED;
+        }
+        if (seen[REQUEST_URI].p != NULL && !same_path(seen[REQUEST_URI], script, path))
+            return DECLINED;
+        if (put_bytes(env, SCRIPT_NAME, 0, script.p, script.n) < 0 || put_bytes(env, PATH_INFO, 0, path.p, path.n) < 0)
             return -1;
     } else if (script.n > 0 && script.p[script.n - 1] == '/') {
         while (script.n > 0 && script.p[script.n - 1] == '/')
@@ -367,8 +404,9 @@ PyDoc_STRVAR(request_doc,
 "(next, rid, keep, stdin_ended, (environ, content_length, to_eof))\n\n"
 "Reads a request's BEGIN_REQUEST and PARAMS records from buf[start:end]\n"
 "(a bytearray), and its STDIN's end when it follows at once, and makes\n"
-"its environ as environ.py's make_environ does (mount: None, or the mount\n"
-"point's latin-1 bytes). next is where the unread records begin. None:\n"
+"its environ as environ.py's make_environ does (mount: None, the default\n"
+"rule; b\"keep\"; or the mount point's latin-1 bytes). next is where the\n"
+"unread records begin. None:\n"
 "the records are not all there or not plain (see the top of fastpath.c),\n"
 "the params are over max_bytes or max_pairs, or make_environ would refuse\n"
 "them.");
@@ -383,6 +421,7 @@ request(PyObject *self, PyObject *args)
         return NULL;
     const unsigned char *mount = NULL;
     Py_ssize_t mount_n = 0;
+    enum mount_mode mode = MOUNT_AUTO;
     if (mount_obj != Py_None) {
         if (!PyBytes_Check(mount_obj)) {
             PyErr_SetString(PyExc_TypeError, "mount must be bytes or None");
@@ -390,6 +429,7 @@ request(PyObject *self, PyObject *args)
         }
         mount = (const unsigned char *)PyBytes_AsString(mount_obj);
         mount_n = PyBytes_Size(mount_obj);
+        mode = mount_n == 4 && memcmp(mount, "keep", 4) == 0 ? MOUNT_KEEP : MOUNT_AT;
     }
     if (start < 0 || start > end || end > PyByteArray_Size(buf))
         Py_RETURN_NONE;
@@ -451,7 +491,7 @@ request(PyObject *self, PyObject *args)
     PyObject *env = PyDict_New();
     int got = env == NULL ? -1 : decode_pairs(data, total, max_pairs, env, seen);
     if (got == PLAIN)
-        got = make_environ(env, seen, mount, mount_n, &length, &to_eof);
+        got = make_environ(env, seen, mode, mount, mount_n, &length, &to_eof);
     PyMem_Free(joined);
     if (got != PLAIN) {
         Py_XDECREF(env);
@@ -507,9 +547,11 @@ static const char *const refused_names[] = {
 };
 
 /* Checks one header, whose name is block[name:value - 2] and value
- * block[value:end], as header_block does; notes a Content-Length. */
+ * block[value:end], as header_block does; notes a Content-Length, and
+ * whether it is a Location. */
 static int
-check_header(const unsigned char *block, Py_ssize_t name, Py_ssize_t value, Py_ssize_t end, long long *length)
+check_header(const unsigned char *block, Py_ssize_t name, Py_ssize_t value, Py_ssize_t end, long long *length,
+             int *location)
 {
     struct span s = {block + name, value - 2 - name};
     if (s.n == 0)
@@ -523,6 +565,8 @@ check_header(const unsigned char *block, Py_ssize_t name, Py_ssize_t value, Py_s
     for (int h = 0; refused_names[h] != NULL; h++)
         if (is(s, refused_names[h]))
             return DECLINED;
+    if (is(s, "location"))
+        *location = 1;
     if (is(s, "content-length")) {
         if (end == value || end - value > 18 || !digits(block + value, end - value))
             return DECLINED;
@@ -562,7 +606,8 @@ head(PyObject *self, PyObject *args)
             Py_RETURN_NONE;
 
     long long length = -1;
-    Py_ssize_t count = PyList_Size(headers);
+    int location = 0;
+    Py_ssize_t status_end = n, count = PyList_Size(headers);
     for (Py_ssize_t h = 0; h < count && got == PLAIN; h++) {
         PyObject *item = PyList_GetItem(headers, h);
         if (!PyTuple_CheckExact(item) || PyTuple_Size(item) != 2 ||
@@ -574,7 +619,7 @@ head(PyObject *self, PyObject *args)
             break;
         value = n;
         if ((got = append(block, &n, PyTuple_GetItem(item, 1))) == PLAIN)
-            got = check_header((const unsigned char *)block, name, value, n, &length);
+            got = check_header((const unsigned char *)block, name, value, n, &length, &location);
     }
     if (got == PLAIN)
         got = append_bytes(block, &n, "\r\n\r\n");
@@ -583,9 +628,13 @@ out:
         return NULL;
     if (got != PLAIN)
         Py_RETURN_NONE;
+    /* A 200 without a Location has no Status line (as header_block). */
+    Py_ssize_t from = 0;
+    if (count > 0 && !location && memcmp(raw, "200 ", 4) == 0)
+        from = status_end + 2;
     if (length < 0)
-        return Py_BuildValue("(y#O)", block, n, Py_None);
-    return Py_BuildValue("(y#L)", block, n, length);
+        return Py_BuildValue("(y#O)", block + from, n - from, Py_None);
+    return Py_BuildValue("(y#L)", block + from, n - from, length);
 }
 
 PyDoc_STRVAR(accept_doc,

@@ -60,9 +60,12 @@ def stdout_records(rid, data, parts):
 
 
 def decode_pairs(data, pairs, limit):
-    """Adds the name-value pairs in data to the pairs dict (latin-1 str)."""
+    """Adds the name-value pairs in data to the pairs dict (latin-1 str).
+    A name sent twice keeps its last value, but an HTTP_* one, a header
+    the client repeated (or spelled twice, X-A and X_A), gets its values
+    joined in their order, as RFC 3875 4.1.18 asks."""
     text = str(data, "latin-1")  # one decode; the pairs are slices of it
-    i, n = 0, len(data)
+    i, n, count, before = 0, len(data), 0, len(pairs)
     # Inline, not by a helper, and short lengths (one byte each, nearly
     # all of them) first: this loop runs for every variable of every request.
     try:
@@ -81,12 +84,40 @@ def decode_pairs(data, pairs, limit):
             j = i + ln
             i = j + lv
             pairs[text[j - ln:j]] = text[j:i]
+            count += 1
     except IndexError:
         raise ConnClosed("malformed params") from None
     if i != n:
         raise ConnClosed("malformed params")
     if len(pairs) > limit:
         raise ConnClosed("more than %d params" % limit)
+    if before + count != len(pairs):
+        join_repeated(text, pairs)
+
+
+def join_repeated(text, pairs):
+    """Decodes the pairs in text again, the rare time a name came twice,
+    joining the values of a repeated HTTP_* name (HTTP_COOKIE's with "; ")."""
+    seen = {}
+    i, n = 0, len(text)
+    while i < n:
+        ln, lv = ord(text[i]), ord(text[i + 1])
+        if ln >= 128:
+            ln = int.from_bytes(text[i:i + 4].encode("latin-1"), "big") & 0x7FFFFFFF
+            i += 3
+        lv = ord(text[i + 1])
+        if lv >= 128:
+            lv = int.from_bytes(text[i + 1:i + 5].encode("latin-1"), "big") & 0x7FFFFFFF
+            i += 3
+        i += 2
+        name, value = text[i:i + ln], text[i + ln:i + ln + lv]
+        i += ln + lv
+        if name in seen and name.startswith("HTTP_"):
+            value = seen[name] + ("; " if name == "HTTP_COOKIE" else ", ") + value
+        seen[name] = value
+    for name, value in seen.items():
+        if name.startswith("HTTP_"):
+            pairs[name] = value
 
 
 # Eight bytes that are not a record (version 0): see cut_records.

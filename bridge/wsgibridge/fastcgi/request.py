@@ -291,7 +291,13 @@ class Requests:
     def respond(self, conn, rid, req, resp, app):
         environ = req.environ
         environ.update(FASTCGI_ENVIRON)
-        environ["wsgi.input"] = req.body.reader() if req.body else io.BytesIO()
+        body = req.body
+        if body is not None and body.limit < 0:
+            # A body sent without a length (chunked, or Caddy's
+            # CONTENT_LENGTH -1) has come whole: the app gets its length,
+            # which it can trust, as it gets nginx's for a chunked one.
+            environ["CONTENT_LENGTH"] = str(body.size)
+        environ["wsgi.input"] = body.reader() if body else io.BytesIO()
         board = self.board
         if board is not None:
             # What runs, for the supervisor: it kills a worker whose app

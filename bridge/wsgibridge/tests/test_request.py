@@ -7,7 +7,8 @@ import unittest
 
 from wsgibridge import spool
 from wsgibridge.fastcgi import connection, records
-from wsgibridge.tests.support import Closing, END, FAST, Servers, Wire, echo, parse, record, request
+from wsgibridge.tests.support import (
+    Closing, END, FAST, Servers, Wire, begin, echo, pairs_of, parse, record, request)
 
 
 class FastCGIServeTest(Servers, unittest.TestCase):
@@ -110,7 +111,7 @@ class FastCGIServeTest(Servers, unittest.TestCase):
     def test_a_begin_request_that_is_not_one_closes_the_connection(self):
         get = request(b"/")
         params = get[16:]  # what follows the BEGIN_REQUEST record
-        for name, begin in [
+        for name, bad_begin in [
             ("3 bytes", record(records.FCGI_BEGIN, 1, bytes((0, records.FCGI_RESPONDER, 1)), 5)),
             ("7 bytes", record(records.FCGI_BEGIN, 1, bytes((0, records.FCGI_RESPONDER, 1, 0, 0, 0, 0)), 1)),
             ("16 bytes", record(records.FCGI_BEGIN, 1, bytes((0, records.FCGI_RESPONDER, 1)) + bytes(13), 0)),
@@ -119,11 +120,26 @@ class FastCGIServeTest(Servers, unittest.TestCase):
             with self.subTest(name):
                 ctl = io.BytesIO()
                 srv = self.server(echo, ctl)
-                wire = Wire(begin + params)
+                wire = Wire(bad_begin + params)
                 self.assertFalse(srv.serve_conn(connection.Conn(wire)), "the connection is closed")
                 self.assertEqual(wire.sends, [], "nothing is served")
                 logged = b"".join(p for kind, _, p in parse(ctl.getvalue()) if kind == "L")
                 self.assertIn(b"BEGIN_REQUEST", logged)
+
+    def test_a_body_of_unknown_length_comes_whole_with_its_length(self):
+        seen = []
+
+        def app(environ, start_response):
+            seen.append((environ.get("CONTENT_LENGTH"), environ["wsgi.input"].read()))
+            return echo(environ, start_response)
+        for framing in ((b"CONTENT_LENGTH", b"-1"), (b"HTTP_TRANSFER_ENCODING", b"chunked")):
+            params = pairs_of([(b"REQUEST_METHOD", b"POST"), (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+                               (b"PATH_INFO", b"/"), framing])
+            data = (begin(1) + record(records.FCGI_PARAMS, 1, params) + record(records.FCGI_PARAMS, 1, b"")
+                    + record(records.FCGI_STDIN, 1, b"hello ") + record(records.FCGI_STDIN, 1, b"world")
+                    + record(records.FCGI_STDIN, 1, b""))
+            self.assertTrue(self.server(app).serve_conn(connection.Conn(Wire(data))))
+        self.assertEqual(seen, [("11", b"hello world")] * 2)
 
     def test_every_request_may_read_its_input_to_the_end(self):
         seen = []

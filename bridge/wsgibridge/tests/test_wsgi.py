@@ -24,11 +24,25 @@ class StatusTest(unittest.TestCase):
 
 class HeaderBlockTest(unittest.TestCase):
     def test_block(self):
-        block, length = wsgi.header_block("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5"),
-                                                         ("X-Tab", "a\tb"), ("X-Latin", "caf\xe9")])
-        self.assertEqual(block, b"Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+        block, length = wsgi.header_block("201 Created", [("Content-Type", "text/plain"), ("Content-Length", "5"),
+                                                              ("X-Tab", "a\tb"), ("X-Latin", "caf\xe9")])
+        self.assertEqual(block, b"Status: 201 Created\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
                                 b"X-Tab: a\tb\r\nX-Latin: caf\xe9\r\n\r\n")
         self.assertEqual(length, 5)
+
+    def test_a_200_has_no_status_line(self):
+        # CGI's default: a web server that passes the header block on
+        # (Caddy) would show "Status: 200 OK" to the client.
+        for reason in ("OK", "Fine"):
+            self.assertEqual(wsgi.header_block("200 " + reason, [("Content-Type", "text/plain")])[0],
+                             b"Content-Type: text/plain\r\n\r\n")
+        # With a Location, no Status would make it a redirect; with no
+        # header at all, the block would be empty.
+        for headers in ([("Location", "/x")], [("location", "/x")], []):
+            block = wsgi.header_block("200 OK", headers)[0]
+            self.assertTrue(block.startswith(b"Status: 200 OK\r\n"), block)
+        self.assertEqual(wsgi.status_of(b"Content-Type: x\r\n\r\n"), b"200")
+        self.assertEqual(wsgi.status_of(b"Status: 404 Not Found\r\n\r\n"), b"404")
 
     def test_no_headers(self):
         self.assertEqual(wsgi.header_block("204 No Content", []), (b"Status: 204 No Content\r\n\r\n", None))
