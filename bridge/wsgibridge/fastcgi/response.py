@@ -8,7 +8,7 @@ from wsgibridge import wsgi
 from wsgibridge.fastcgi.records import (
     FCGI_STDOUT, MAX_RECORD_CONTENT, PADDING, RECORD, ConnClosed, cut_records, end_records, stdout_records)
 from wsgibridge.frames import ABORTED, DATA, FINISHED, HEAD, send
-from wsgibridge.wsgi import Response, status_of
+from wsgibridge.wsgi import Response
 
 
 class FastCGIResponse(Response):
@@ -37,7 +37,8 @@ class FastCGIResponse(Response):
     def frame(self, kind, payload=b"", flags=0):
         if kind == HEAD or kind == DATA:
             if kind == HEAD:
-                self.status = status_of(payload)
+                # status_of, inline: this runs for every response.
+                self.status = payload[8:11] if payload[:8] == b"Status: " else b"200"
                 self.head_size = len(payload)
             self.pending.append(payload)
             self.size += len(payload)
