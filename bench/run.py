@@ -33,6 +33,9 @@ Per target: req/s, p50/p99 latency, CPU microseconds per request of the
 front (nginx), the server (all its processes) and the load generator (wrk),
 and RSS and PSS of the server's processes after the load.
 
+The 1 MiB apps run twice: behind nginx's stock buffers, and (-inmem)
+behind the block that keeps a whole response in nginx's memory.
+
 Usage: bench/run.py [--rounds 3] [--seconds 10] [--apps hello,flask,...]
        [--targets wsgibridge,uwsgi-fcgi,...] [--baseline BIN] [--variant FLAGS]
        [--out FILE]   (from the repository root, after make build)
@@ -57,13 +60,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS_DIR = os.path.join(ROOT, "testdata", "apps")
 PY = "/usr/bin/python3"
 
-# name: (module, callable, path, wrk script or None)
+# What many sites add to nginx so that a whole response stays in memory
+# rather than going through a temporary file: nginx then reads as fast as a
+# server writes it, which its stock buffers never do.
+IN_MEMORY = "fastcgi_buffers 64 32k; fastcgi_max_temp_file_size 0; client_body_buffer_size 2m;"
+
+# name: (module, callable, path, wrk script or None, nginx's buffers)
 APPS = {
-    "hello": ("hello", "application", "/", None),
-    "flask": ("flaskapp", "application", "/", None),
-    "django": ("djangoapp", "application", "/", None),
-    "1mib-response": ("bulk", "big", "/", None),
-    "1mib-post": ("bulk", "echo", "/", "post"),
+    "hello": ("hello", "application", "/", None, ""),
+    "flask": ("flaskapp", "application", "/", None, ""),
+    "django": ("djangoapp", "application", "/", None, ""),
+    "1mib-response": ("bulk", "big", "/", None, ""),
+    "1mib-post": ("bulk", "echo", "/", "post", ""),
+    "1mib-response-inmem": ("bulk", "big", "/", None, IN_MEMORY),
+    "1mib-post-inmem": ("bulk", "echo", "/", "post", IN_MEMORY),
 }
 TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+",
            "variant", "variant+", "wsgibridge-http", "baseline-http", "variant-http",
@@ -175,7 +185,7 @@ class Bench:
         self.procs = {}
 
     def start_app(self, app):
-        module, func, _, _ = APPS[app]
+        module, func, _, _, buffers = APPS[app]
         spec = "%s:%s" % (module, func)
         own = os.path.join(ROOT, "bin", "wsgibridge")
         variant = self.args.variant.replace("{dir}", self.dir).split() if self.args.variant else None
@@ -208,6 +218,7 @@ http {
     client_max_body_size 8m;
     client_body_temp_path %(d)s/tmp; fastcgi_temp_path %(d)s/tmp; proxy_temp_path %(d)s/tmp;
     uwsgi_temp_path %(d)s/tmp; scgi_temp_path %(d)s/tmp;
+    %(buffers)s
     upstream wb_keep { server unix:%(wb)s; keepalive 32; }
     server { listen 127.0.0.1:%(p0)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass unix:%(wb)s; } }
     server { listen 127.0.0.1:%(p1)d; location / { include /etc/nginx/fastcgi_params; fastcgi_pass wb_keep; fastcgi_keep_conn on; fastcgi_request_buffering off; } }
@@ -225,7 +236,7 @@ http {
     server { listen 127.0.0.1:%(p11)d; location / { proxy_pass http://unix:%(blh)s; } }
     server { listen 127.0.0.1:%(p12)d; location / { proxy_pass http://unix:%(vah)s; } }
 }
-""" % dict(user=user, d=d, wb=self.sock("wb"), uf=self.sock("uf"), un=self.sock("un"), gu=self.sock("gu"),
+""" % dict(user=user, d=d, buffers=buffers, wb=self.sock("wb"), uf=self.sock("uf"), un=self.sock("un"), gu=self.sock("gu"),
            bl=self.sock("bl"), va=self.sock("va"), wbh=self.sock("wbh"), blh=self.sock("blh"), vah=self.sock("vah"),
            **{"p%d" % i: PORTS[t] for i, t in enumerate(TARGETS)})
         with open(os.path.join(d, "nginx.conf"), "w") as f:
@@ -379,7 +390,7 @@ Alias / "%(script)s"
 
     def direct(self, app):
         """Calls the app in this process as fast as it can: the app's own ceiling."""
-        module, func, _, kind = APPS[app]
+        module, func, _, kind, _ = APPS[app]
         code = """
 import sys, time, io
 sys.path.insert(0, %r)
@@ -430,6 +441,8 @@ print(n / 2)
                  " per request).",
                  "- Load: `wrk -t2 -c32 -d%ds --latency` after an unmeasured 2 s warm-up; %d rounds, targets"
                  " interleaved in each round; the POST app posts 1 MiB (`wrk -s`)." % (a.seconds, a.rounds),
+                 "- nginx's buffers: its defaults (what exceeds its 8 buffers of 4 KiB may go through a temporary file),"
+                 " except for the `-inmem` apps, which add `%s` to every server block alike." % IN_MEMORY,
                  "- req/s: median over rounds (min-max); ratio: median of the per-round ratio to %s;"
                  " latency: medians; CPU: microseconds of CPU per request, from /proc before and after the load"
                  " (front = the nginx worker, server = all the server's processes, wrk = the load generator);"
