@@ -157,12 +157,25 @@ func (p *Pool) takeWaiting(now time.Time, waiting int, done uint64) {
 // closes the supervisor's copy.
 func (p *Pool) pass(fd int) error {
 	defer syscall.Close(fd)
+	return p.toLobby(fd, lobbyNew)
+}
+
+// What a connection passed through the lobby is: one the keeper has a
+// copy of (keeper.go), or another.
+const (
+	lobbyNew  = 'c'
+	lobbyKept = 'k'
+)
+
+// toLobby sends the connection fd to the lobby, where the next worker to
+// be free takes it.
+func (p *Pool) toLobby(fd int, kind byte) error {
 	raw, err := p.lobby[0].SyscallConn()
 	if err != nil {
 		return err
 	}
 	cerr := raw.Control(func(out uintptr) {
-		err = syscall.Sendmsg(int(out), []byte{'c'}, syscall.UnixRights(fd), nil, syscall.MSG_DONTWAIT)
+		err = syscall.Sendmsg(int(out), []byte{kind}, syscall.UnixRights(fd), nil, syscall.MSG_DONTWAIT)
 	})
 	if err = errors.Join(cerr, err); err != nil {
 		return fmt.Errorf("bridge: pass a connection to a worker: %w", err)

@@ -33,6 +33,9 @@ package bridge
 //	                                  socket; only grows
 //	  (bytes from boardLineAt)        the running request's method and path
 //	                                  (no query), once it has run 20 ms
+//	offset boardKept + slot*boardKeptSize, the slot's kept connections
+//	(keeper.go), boardKeptMax native-endian uint64 words: each 0 (free),
+//	or a socket's inode << 1, | 1 while a request of its is read or runs
 
 import (
 	"encoding/binary"
@@ -53,7 +56,12 @@ const (
 	boardSlots  = 64
 	boardBlocks = 4096
 	boardBlock  = 512
-	boardSize   = boardBlocks + boardSlots*boardBlock
+	boardKept   = boardBlocks + boardSlots*boardBlock
+	// boardKeptMax bounds the connections a worker keeps that outlive
+	// it; it keeps more, but those are lost with it.
+	boardKeptMax  = 128
+	boardKeptSize = boardKeptMax * 8
+	boardSize     = boardKept + boardSlots*boardKeptSize
 
 	wordServed   = 0
 	wordRunning  = 1
@@ -137,6 +145,7 @@ func (b *board) take() int {
 			b.used[i] = true
 			b.data[i] = 0
 			clear(b.data[boardBlocks+i*boardBlock : boardBlocks+(i+1)*boardBlock])
+			clear(b.keptTable(i))
 			return i
 		}
 	}
@@ -153,6 +162,27 @@ func (b *board) free(slot int) slotReport {
 	clear(b.data[boardBlocks+slot*boardBlock : boardBlocks+(slot+1)*boardBlock])
 	b.used[slot] = false
 	return r
+}
+
+func (b *board) keptTable(slot int) []byte {
+	return b.data[boardKept+slot*boardKeptSize : boardKept+(slot+1)*boardKeptSize]
+}
+
+// kept returns the connections the worker in slot kept, as it left them
+// (each an inode << 1, | 1 while a request of its was under way), and
+// clears its table: the worker is gone.
+func (b *board) kept(slot int) []uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.keptTable(slot)
+	var kept []uint64
+	for i := 0; i < len(t); i += 8 {
+		if w := binary.NativeEndian.Uint64(t[i:]); w != 0 {
+			kept = append(kept, w)
+		}
+	}
+	clear(t)
+	return kept
 }
 
 // read returns what the worker in slot reports.

@@ -5,6 +5,8 @@
 // by python.go), one worker's life (worker.go) and how it serves a
 // request sent over the frames (serve.go) or serves FastCGI itself
 // (fastcgiworker.go), and the pool: its workers' slots (slot.go), the
-// board the FastCGI workers share with it (board.go) and the queue of
-// requests waiting for a worker (queue.go).
+// board the FastCGI workers share with it (board.go), the queue of
+// requests waiting for a worker (queue.go), and the copies of the
+// connections the FastCGI workers keep, so that a worker's death takes
+// only the request it ran (keeper.go).
 package bridge

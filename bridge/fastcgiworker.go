@@ -43,10 +43,13 @@ type FastCGIConfig struct {
 	Workers int
 	// Shared, set by the pool: the two ends of the socket on which busy
 	// workers pass ready connections to idle ones, the board where each
-	// worker marks whether it is idle, and this worker's place on it.
+	// worker marks whether it is idle, and this worker's place on it; and
+	// the socket on which it sends the keeper the connections it keeps
+	// (keeper.go).
 	Lobby [2]*os.File
 	Board *os.File
 	Slot  int
+	Keep  *os.File
 	// AllowedAddrs, when not empty, lists the only addresses a TCP
 	// connection may come from (FCGI_WEB_SERVER_ADDRS); others are closed
 	// at once and logged.

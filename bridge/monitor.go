@@ -75,6 +75,10 @@ func (p *Pool) monitor() {
 				p.checkMemory()
 			}
 			p.checkStorm()
+			if p.keeper != nil {
+				p.keeper.collect()
+				p.keeper.sweep()
+			}
 		}
 		t.Reset(wait)
 	}

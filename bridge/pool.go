@@ -94,6 +94,7 @@ type Pool struct {
 	// For FastCGI workers: see FastCGIConfig.
 	lobby   [2]*os.File
 	board   *board
+	keeper  *keeper
 	backlog backlog
 	storm   storm // under mu
 	// changeSeen is the generation whose code change started a reload.
@@ -166,6 +167,9 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 			return nil, err
 		}
 		if p.board, err = openBoard(); err != nil {
+			return nil, err
+		}
+		if p.keeper, err = openKeeper(); err != nil {
 			return nil, err
 		}
 		p.backlog.refusing = make(chan struct{}, maxRefusing)
@@ -252,6 +256,9 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		p.slots.Wait()
+		if p.keeper != nil {
+			p.keeper.close()
+		}
 		close(done)
 	}()
 	select {

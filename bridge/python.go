@@ -34,7 +34,8 @@ var pipeModules = []string{
 var fastCGIModules = []string{
 	"wsgibridge.fastcgi", "wsgibridge.fastcgi.records", "wsgibridge.fastcgi.connection",
 	"wsgibridge.fastcgi.board", "wsgibridge.fastcgi.environ", "wsgibridge.fastcgi.response",
-	"wsgibridge.fastcgi.watch", "wsgibridge.fastcgi.fastpath", "wsgibridge.fastcgi.statuspath", "wsgibridge.fastcgi.request",
+	"wsgibridge.fastcgi.watch", "wsgibridge.fastcgi.fastpath", "wsgibridge.fastcgi.statuspath", "wsgibridge.fastcgi.keep",
+	"wsgibridge.fastcgi.request",
 	"wsgibridge.fastcgi.server",
 }
 

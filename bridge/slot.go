@@ -113,7 +113,7 @@ func (p *Pool) spawn(gen int) (*member, error) {
 		}
 		if p.board != nil {
 			slot = p.board.take()
-			fc.Lobby, fc.Board, fc.Slot = p.lobby, p.board.file, slot
+			fc.Lobby, fc.Board, fc.Slot, fc.Keep = p.lobby, p.board.file, slot, p.keeper.theirs
 		}
 		fc.Changed = func(file string) { p.codeChanged(gen, file) }
 		cfg.FastCGI = &fc
@@ -324,6 +324,9 @@ func (p *Pool) closeMember(m *member) {
 		}
 	}
 	m.w.Close(grace)
+	if m.slot >= 0 {
+		p.rescueKept(m)
+	}
 	p.freeSlot(m.slot)
 	p.mu.Lock()
 	delete(p.members, m)

@@ -165,6 +165,10 @@ func Start(cfg Config) (*Worker, error) {
 		if cfg.FastCGI.Board != nil {
 			files = append(files, cfg.FastCGI.Lobby[0], cfg.FastCGI.Lobby[1], cfg.FastCGI.Board)
 		}
+		if cfg.FastCGI.Keep != nil {
+			files = append(files, cfg.FastCGI.Keep)
+			opts = append(opts, "keep="+strconv.Itoa(2+len(files)))
+		}
 		if fast, err := fastPathFile(); err == nil {
 			files = append(files, fast)
 			opts = append(opts, "fastpath="+strconv.Itoa(2+len(files)))

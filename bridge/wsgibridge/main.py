@@ -41,7 +41,7 @@ def main(argv):
         fds.append(5)
         if "slot" in opts:
             fds += [6, 7, 8]  # the lobby's two ends and the board
-    for name in ("fastpath", "stacks"):
+    for name in ("fastpath", "stacks", "status", "keep"):
         if name in opts:
             fds.append(int(opts[name]))
     for fd in fds:

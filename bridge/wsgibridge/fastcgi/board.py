@@ -17,7 +17,9 @@ SLOTS = 64
 DEGRADED = SLOTS  # the byte after the idle flags: 1 while the pool is degraded
 BLOCKS = 4096
 BLOCK = 512
-SIZE = BLOCKS + SLOTS * BLOCK
+KEPT = BLOCKS + SLOTS * BLOCK  # each slot's table of kept connections (keep.py)
+KEPT_SIZE = 128 * 8
+SIZE = KEPT + SLOTS * KEPT_SIZE
 
 SERVED, RUNNING, SINCE, SINCE_OF, CLASSES = 0, 1, 2, 3, 4
 BUCKETS = CLASSES + 5
@@ -40,6 +42,7 @@ class Board:
         block = memoryview(page)[BLOCKS + slot * BLOCK:BLOCKS + (slot + 1) * BLOCK]
         self.words = block.cast("Q")
         self.line = block[LINE_AT:]
+        self.kept = memoryview(page)[KEPT + slot * KEPT_SIZE:KEPT + (slot + 1) * KEPT_SIZE].cast("Q")
 
     def count(self, status, seconds):
         """Counts a request answered with status (b"200") that took seconds."""

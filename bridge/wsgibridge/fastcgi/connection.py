@@ -46,6 +46,11 @@ class Conn:
     mem = view = None
     start = end = 0  # the unread bytes are mem[start:end]
     keep = cut_short = passed = grown = False
+    # The supervisor has a copy of it (keep.py); its place in the table,
+    # and what the table holds for it.
+    kept = False
+    cell = None
+    mark = 0
     paused = False  # its body waits for memory: not read meanwhile
     last = 0
     rid = 0  # the request begun, from BEGIN_REQUEST to its end

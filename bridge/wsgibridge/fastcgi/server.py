@@ -14,6 +14,7 @@ from wsgibridge.spool import BODY_STALL, Body
 from wsgibridge.fastcgi.board import ACCEPTED, SLOTS, open_board
 from wsgibridge.fastcgi.connection import EPOLLIN, Conn
 from wsgibridge.fastcgi.fastpath import load_fastpath
+from wsgibridge.fastcgi.keep import KEPT, Keeper
 from wsgibridge.fastcgi.request import Requests
 from wsgibridge.fastcgi.statuspath import paths
 from wsgibridge.fastcgi.watch import Watch
@@ -61,6 +62,9 @@ class FastCGIServer(Requests, Watch):
         if "slot" in opts:
             self.board = open_board(8, int(opts["slot"]), "stats" in opts)
         self.paths = paths(opts, self.board)  # those answered here, not by the app
+        self.keeper = None
+        if "keep" in opts and self.board is not None:
+            self.keeper = Keeper(int(opts["keep"]), self.board.kept)
         self.fast = self.fast_head = self.fast_accept = None
         if "fastpath" in opts:
             self.use_fastpath(load_fastpath(int(opts["fastpath"]), self.log))
@@ -160,9 +164,12 @@ class FastCGIServer(Requests, Watch):
                         if self.conns or (self.max_requests and self.served >= self.max_requests):
                             break
                 elif item == 7:
-                    fd = self.receive_conn(lobby)
+                    fd, kind = self.receive_conn(lobby)
                     if fd is not None:
-                        self.admit(Conn(new_socket(fileno=fd)))
+                        conn = Conn(new_socket(fileno=fd))
+                        if kind == KEPT and self.keeper is not None:
+                            self.keeper.adopt(conn)
+                        self.admit(conn)
             if self.max_requests and self.served >= self.max_requests:
                 send(self.ctl, FINISHED, flags=EXITING)
                 return self.close_all()
@@ -191,18 +198,38 @@ class FastCGIServer(Requests, Watch):
         """Serves a new connection now if its request is there: one may
         come without it yet (an idle one passed on, a web server slow to
         write), and must not hold up the others; it waits in the epoll."""
-        if not self.serve_conn(conn):
-            conn.close()
+        if not self.serve_marked(conn):
+            self.end(conn)
             return
         self.conns[conn.fd] = (conn, self.clock())
         self.ep.register(conn.fd, 0 if conn.paused else EPOLLIN)
 
     def turn(self, conn):
         """Serves what came on a kept connection."""
-        if self.serve_conn(conn):
+        if self.serve_marked(conn):
             self.conns[conn.fd] = (conn, self.clock())
         else:
             self.drop(conn)
+
+    def serve_marked(self, conn):
+        """serve_conn, with conn marked in the keeper's table while a
+        request of its is read or runs. A connection that stays between
+        requests is sent to the keeper (see keep.py): one kept after its
+        request, and one whose request has not come yet (the web server
+        wrote nothing yet when it was accepted), which that request may
+        find busy."""
+        cell = conn.cell
+        if cell is None:
+            keep = self.serve_conn(conn)
+            if keep and not conn.kept and self.keeper is not None and conn.movable():
+                self.keeper.register(conn)
+            return keep
+        table = self.keeper.table
+        table[cell] = conn.mark | 1
+        keep = self.serve_conn(conn)
+        if keep and conn.cell is not None and conn.movable():
+            table[cell] = conn.mark
+        return keep
 
     def pause(self, conn):
         conn.paused = True
@@ -259,14 +286,26 @@ class FastCGIServer(Requests, Watch):
     def drop(self, conn):
         if self.conns.pop(conn.fd, (None,))[0] is conn:
             self.ep.unregister(conn.fd)
+        self.end(conn)
+
+    def end(self, conn):
+        """Closes conn: it ends here, or (passed) goes on elsewhere."""
+        if conn.kept and not conn.passed:
+            self.keeper.end(conn)
         conn.close()
 
     def pass_conn(self, conn):
         """Gives conn to another worker through the lobby; False if it cannot."""
+        if conn.kept:
+            # Out of the table first: should this worker die before the
+            # send, the supervisor must not pass it a second time.
+            self.keeper.forget(conn)
         try:
-            self.lobby_out.sendmsg([b"c"], [(self.socket.SOL_SOCKET, self.socket.SCM_RIGHTS,
-                                             conn.fd.to_bytes(4, sys.byteorder))])
+            self.lobby_out.sendmsg([KEPT if conn.kept else b"c"], [(self.socket.SOL_SOCKET, self.socket.SCM_RIGHTS,
+                                                                  conn.fd.to_bytes(4, sys.byteorder))])
         except OSError:
+            if conn.kept:
+                self.keeper.enter(conn)
             return False
         conn.passed = True
         self.drop(conn)
@@ -307,18 +346,19 @@ class FastCGIServer(Requests, Watch):
         return False
 
     def receive_conn(self, lobby):
-        """Takes a connection another worker passed on, or None if another
+        """Takes a connection another worker (or the supervisor) passed on,
+        and what it is (KEPT: the supervisor has a copy); None if another
         idle worker took it first. (socket.recv_fds would block: the
         Python versions we run on ignore its flags.)"""
         socket = self.socket
         try:
-            _, ancdata, _, _ = lobby.recvmsg(1, socket.CMSG_LEN(4), socket.MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
+            what, ancdata, _, _ = lobby.recvmsg(1, socket.CMSG_LEN(4), socket.MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
-            return None
+            return None, None
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
-                return int.from_bytes(data[:4], sys.byteorder)
-        return None
+                return int.from_bytes(data[:4], sys.byteorder), what
+        return None, None
 
     def close_all(self):
         """Leaves: requests still coming are served first; then the kept

@@ -145,9 +145,10 @@ class FastCGIConnsTest(Servers, unittest.TestCase):
         self.assertEqual(self.srv.conns, {})
         peer = self.server(echo)
         peer.socket = _socket
-        fd = peer.receive_conn(lobby)
+        fd, kind = peer.receive_conn(lobby)
         self.assertIsNotNone(fd)
-        self.assertIsNone(peer.receive_conn(lobby), "one connection was passed, once")
+        self.assertEqual(kind, b"c", "no copy of it is kept")
+        self.assertEqual(peer.receive_conn(lobby), (None, None), "one connection was passed, once")
         passed = connection.Conn(_socket.socket(fileno=fd))
         self.addCleanup(passed.close)
         theirs.sendall(request(b"/", body=(b"still here",)))
