@@ -12,6 +12,7 @@ import sys
 from wsgibridge.app import mtime
 from wsgibridge.spool import BODY_STALL, Body
 from wsgibridge.fastcgi.board import ACCEPTED, SLOTS, open_board
+from wsgibridge.fastcgi import connection
 from wsgibridge.fastcgi.connection import EPOLLIN, Conn
 from wsgibridge.fastcgi.fastpath import load_fastpath
 from wsgibridge.fastcgi.keep import KEPT, Keeper
@@ -42,6 +43,8 @@ class FastCGIServer(Requests, Watch):
         self.header_timeout = float(opts.get("header-timeout", HEADER_TIMEOUT))
         self.headers_waiting = False  # a request's header is unfinished: sweep every second
         self.max_requests = int(opts.get("max-requests", 0))
+        if "send-buffer" in opts:
+            connection.SEND_BUFFER = int(opts["send-buffer"])
         self.max_conns = opts.get("workers", "1")
         self.access_log = "access-log" in opts
         self.served = 0
@@ -213,15 +216,14 @@ class FastCGIServer(Requests, Watch):
 
     def serve_marked(self, conn):
         """serve_conn, with conn marked in the keeper's table while a
-        request of its is read or runs. A connection that stays between
-        requests is sent to the keeper (see keep.py): one kept after its
-        request, and one whose request has not come yet (the web server
-        wrote nothing yet when it was accepted), which that request may
-        find busy."""
+        request of its is read or runs; a connection that turns out kept
+        is sent to the keeper (see keep.py). One not kept carries one
+        request, which its worker serves as soon as it has come, and costs
+        the keeper nothing: with nginx's stock block, every request."""
         cell = conn.cell
         if cell is None:
             keep = self.serve_conn(conn)
-            if keep and not conn.kept and self.keeper is not None and conn.movable():
+            if keep and conn.keep and not conn.kept and self.keeper is not None and conn.movable():
                 self.keeper.register(conn)
             return keep
         table = self.keeper.table

@@ -120,21 +120,6 @@ class KeptByServerTest(Servers, unittest.TestCase):
         with self.assertRaises(BlockingIOError):
             received(self.supervisor)  # sent once
 
-    def test_a_connection_whose_request_has_not_come_is_sent(self):
-        ours, web = socket.socketpair()
-        self.addCleanup(web.close)
-        conn = connection.Conn(ours)
-        self.addCleanup(conn.close)
-        self.srv.admit(conn)
-        fd, _ = received(self.supervisor)
-        self.addCleanup(os.close, fd)
-        self.assertEqual(self.table[conn.cell], os.fstat(conn.fd).st_ino << 1)
-        web.sendall(request(b"/", keep=False))
-        self.srv.turn(conn)
-        self.assertTrue(web.recv(65536).endswith(END))
-        self.assertEqual(web.recv(10), b"", "a connection not kept still ends after its request")
-        self.assertEqual([w for w in self.table if w], [])
-
     def test_a_connection_not_kept_is_not_sent(self):
         ours, web = socket.socketpair()
         self.addCleanup(web.close)
