@@ -63,6 +63,7 @@ bench: deps build
 	bench/run.py --rounds 5 --seconds 10 --out bench/REPORT.md
 	bench/cgi-cold.sh 40
 	bench/cgi-apache.sh 3
+	bench/worker-death.py --rounds 3 --seconds 20
 
 # A short run of each fuzz target (longer by hand: make fuzz FUZZTIME=20000000x).
 fuzz:

@@ -65,15 +65,16 @@ PY = "/usr/bin/python3"
 # server writes it, which its stock buffers never do.
 IN_MEMORY = "fastcgi_buffers 64 32k; fastcgi_max_temp_file_size 0; client_body_buffer_size 2m;"
 
-# name: (module, callable, path, wrk script or None, nginx's buffers)
+# name: (module, callable, path, wrk script or None, nginx's buffers,
+# wsgibridge's flags for them, as the README gives them)
 APPS = {
-    "hello": ("hello", "application", "/", None, ""),
-    "flask": ("flaskapp", "application", "/", None, ""),
-    "django": ("djangoapp", "application", "/", None, ""),
-    "1mib-response": ("bulk", "big", "/", None, ""),
-    "1mib-post": ("bulk", "echo", "/", "post", ""),
-    "1mib-response-inmem": ("bulk", "big", "/", None, IN_MEMORY),
-    "1mib-post-inmem": ("bulk", "echo", "/", "post", IN_MEMORY),
+    "hello": ("hello", "application", "/", None, "", []),
+    "flask": ("flaskapp", "application", "/", None, "", []),
+    "django": ("djangoapp", "application", "/", None, "", []),
+    "1mib-response": ("bulk", "big", "/", None, "", []),
+    "1mib-post": ("bulk", "echo", "/", "post", "", []),
+    "1mib-response-inmem": ("bulk", "big", "/", None, IN_MEMORY, ["--send-buffer", "256"]),
+    "1mib-post-inmem": ("bulk", "echo", "/", "post", IN_MEMORY, ["--send-buffer", "256"]),
 }
 TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+",
            "variant", "variant+", "wsgibridge-http", "baseline-http", "variant-http",
@@ -185,11 +186,11 @@ class Bench:
         self.procs = {}
 
     def start_app(self, app):
-        module, func, _, _, buffers = APPS[app]
+        module, func, _, _, buffers, flags = APPS[app]
         spec = "%s:%s" % (module, func)
         own = os.path.join(ROOT, "bin", "wsgibridge")
         variant = self.args.variant.replace("{dir}", self.dir).split() if self.args.variant else None
-        for name, binary, sock, extra in (("wsgibridge", own, "wb", []), ("baseline", self.args.baseline, "bl", []),
+        for name, binary, sock, extra in (("wsgibridge", own, "wb", flags), ("baseline", self.args.baseline, "bl", []),
                                           ("variant", own if variant else None, "va", variant)):
             if binary:
                 self.start(name, [binary, "fastcgi", "--bind", "unix:" + self.sock(sock), "--socket-mode", "0666",
@@ -390,7 +391,7 @@ Alias / "%(script)s"
 
     def direct(self, app):
         """Calls the app in this process as fast as it can: the app's own ceiling."""
-        module, func, _, kind, _ = APPS[app]
+        module, func, _, kind, _, _ = APPS[app]
         code = """
 import sys, time, io
 sys.path.insert(0, %r)
@@ -442,7 +443,8 @@ print(n / 2)
                  "- Load: `wrk -t2 -c32 -d%ds --latency` after an unmeasured 2 s warm-up; %d rounds, targets"
                  " interleaved in each round; the POST app posts 1 MiB (`wrk -s`)." % (a.seconds, a.rounds),
                  "- nginx's buffers: its defaults (what exceeds its 8 buffers of 4 KiB may go through a temporary file),"
-                 " except for the `-inmem` apps, which add `%s` to every server block alike." % IN_MEMORY,
+                 " except for the `-inmem` apps, which add `%s` to every server block alike; there wsgibridge (not a"
+                 " baseline) runs with `--send-buffer 256`, as the README says for that block." % IN_MEMORY,
                  "- req/s: median over rounds (min-max); ratio: median of the per-round ratio to %s;"
                  " latency: medians; CPU: microseconds of CPU per request, from /proc before and after the load"
                  " (front = the nginx worker, server = all the server's processes, wrk = the load generator);"

@@ -36,6 +36,10 @@ type FastCGIConfig struct {
 	// BEGIN_REQUEST and PARAMS, which web servers write at once) stays
 	// unfinished that long. 0: 10 s.
 	HeaderTimeout time.Duration
+	// SendBuffer is how many bytes of a large response a worker leaves to
+	// the kernel at once, the send buffer it raises a connection's to
+	// when a response fills it. 0: 1 MiB.
+	SendBuffer int
 	// MaxRequests: the worker exits after serving that many. 0: never.
 	MaxRequests int
 	// Workers is reported to web servers as FCGI_MAX_CONNS and _REQS:
@@ -88,6 +92,9 @@ func (cfg *FastCGIConfig) args() []string {
 	}
 	if cfg.MaxRequests > 0 {
 		a = append(a, "max-requests="+strconv.Itoa(cfg.MaxRequests))
+	}
+	if cfg.SendBuffer > 0 {
+		a = append(a, "send-buffer="+strconv.Itoa(cfg.SendBuffer))
 	}
 	if cfg.Board != nil {
 		a = append(a, "slot="+strconv.Itoa(cfg.Slot))

@@ -23,6 +23,7 @@ import (
 type fastcgiFlags struct {
 	bind, socketMode string
 	headerTimeout    time.Duration
+	sendBuffer       int
 }
 
 // newFastCGIFlagSet returns the fastcgi mode's flag set.
@@ -31,6 +32,7 @@ func newFastCGIFlagSet(d *daemonFlags, f *fastcgiFlags, stderr io.Writer) *flag.
 	fs.StringVar(&f.bind, "bind", "", "where to listen: HOST:PORT, [::1]:PORT or unix:PATH; without it, a socket inherited on fd 0 (mod_fcgid, spawn-fcgi) or from systemd")
 	fs.StringVar(&f.socketMode, "socket-mode", "0660", "file mode of a unix socket")
 	fs.DurationVar(&f.headerTimeout, "header-timeout", 10*time.Second, "close a connection whose request's FastCGI header (BEGIN_REQUEST and PARAMS) stays unfinished this long")
+	fs.IntVar(&f.sendBuffer, "send-buffer", 1024, "KiB of a large response a worker leaves to the kernel at once (the kernel doubles it, up to net.core.wmem_max); 256 where nginx keeps whole responses in memory (fastcgi_buffers 64 32k)")
 	return fs
 }
 
@@ -50,6 +52,10 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	}
 	if *headerTimeout <= 0 {
 		fmt.Fprintln(stderr, "wsgibridge fastcgi: --header-timeout must be more than 0")
+		return exitUsage
+	}
+	if f.sendBuffer < 64 {
+		fmt.Fprintln(stderr, "wsgibridge fastcgi: --send-buffer must be 64 (KiB) or more")
 		return exitUsage
 	}
 	mode, err := strconv.ParseUint(*socketMode, 8, 32)
@@ -93,7 +99,8 @@ func runFastCGI(args []string, stderr io.Writer) int {
 	}
 	l.Close()
 	d.fastcgi = &bridge.FastCGIConfig{Listener: lf, Mount: d.mount, KeepMount: d.mount == mountKeep,
-		Timeout: d.timeout, HeaderTimeout: *headerTimeout, Workers: d.size.Max, ReloadOnChange: d.reloadOnChange,
+		Timeout: d.timeout, HeaderTimeout: *headerTimeout, SendBuffer: f.sendBuffer << 10,
+		Workers: d.size.Max, ReloadOnChange: d.reloadOnChange,
 		AllowedAddrs: allowed, AccessLog: d.accessLog, Stats: d.op.status != "" || d.op.statusPath != "",
 		StatusPath: d.op.statusPath, PingPath: d.op.pingPath, Status: d.op.document}
 	return d.serve(log, l, func(pool *bridge.Pool, _ time.Time) (<-chan error, func(context.Context) error) {

@@ -21,7 +21,7 @@ class Paused(Incomplete):
 
 MSG_DONTWAIT = 0x40  # Linux
 EPOLLIN = 1  # select.EPOLLIN; select is imported only by the fastcgi mode
-SEND_BUFFER = 256 << 10  # bytes a connection may ask of the kernel (it doubles them); see Conn.grow
+SEND_BUFFER = 1 << 20  # bytes a connection may ask of the kernel (it doubles them); see Conn.grow
 
 
 class Conn:
@@ -177,12 +177,13 @@ class Conn:
         A response larger than the buffer otherwise waits for the web
         server to drain it, a poll and two context switches each time (five
         times per MiB with Linux's default buffer). The kernel caps the size
-        at net.core.wmem_max. SEND_BUFFER keeps a MiB response from lying
-        whole in the kernel: nginx, given buffers for all of it
-        (fastcgi_buffers 64 32k), reads it all before it writes any, and
-        its heap then grows and shrinks by a MiB per response, which
-        doubled its CPU per response; with half a MiB it reads and writes
-        in turn, recycling its buffers."""
+        at net.core.wmem_max. SEND_BUFFER is --send-buffer: where nginx
+        has buffers for a whole response (fastcgi_buffers 64 32k), a MiB
+        response lying whole in the kernel is read whole before nginx
+        writes any, and its heap grows and shrinks by a MiB per response,
+        which doubles its CPU per response; with 256 KiB it reads and
+        writes in turn, recycling its buffers. With nginx's default
+        buffers the whole MiB at once is the faster."""
         import _socket
         self.grown = True
         try:

@@ -99,7 +99,15 @@ class ConnTest(unittest.TestCase):
         data = bytes(range(256)) * 8192  # 2 MiB
         self.assertEqual(self.read_while(lambda: self.conn.send(data), 1000 + len(data))[1000:], data)
         self.assertGreater(size(), before)
-        self.assertLess(size(), len(data) // 2, "a MiB response never lies whole in the kernel")
+
+    def test_the_buffer_grows_as_far_as_asked(self):
+        import socket
+        self.addCleanup(setattr, connection, "SEND_BUFFER", connection.SEND_BUFFER)
+        connection.SEND_BUFFER = 256 << 10  # --send-buffer 256
+        data = bytes(range(256)) * 8192  # 2 MiB
+        self.assertEqual(self.read_while(lambda: self.conn.send(data), len(data)), data)
+        self.assertLessEqual(self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), 2 * (256 << 10),
+                             "a MiB response never lies whole in the kernel")
 
     def test_send_whole(self):
         data = bytes(range(256)) * 8192  # 2 MiB: more than the socket holds

@@ -129,6 +129,11 @@ class FastCGIConnsTest(Servers, unittest.TestCase):
         self.assertTrue(got.endswith(END))
         self.assertEqual(self.srv.ep.gone, [conn.fd])
 
+    def test_send_buffer_is_set(self):
+        self.addCleanup(setattr, connection, "SEND_BUFFER", connection.SEND_BUFFER)
+        server.FastCGIServer(echo, None, io.BytesIO(), {"send-buffer": "262144"})
+        self.assertEqual(connection.SEND_BUFFER, 262144)
+
     def test_a_kept_connection_passes_to_a_peer_through_the_lobby(self):
         import _socket
         import socket
