@@ -190,11 +190,14 @@ class Bench:
         spec = "%s:%s" % (module, func)
         own = os.path.join(ROOT, "bin", "wsgibridge")
         variant = self.args.variant.replace("{dir}", self.dir).split() if self.args.variant else None
-        for name, binary, sock, extra in (("wsgibridge", own, "wb", flags), ("baseline", self.args.baseline, "bl", []),
+        for name, binary, sock, extra in (("wsgibridge", own, "wb", []), ("baseline", self.args.baseline, "bl", []),
                                           ("variant", own if variant else None, "va", variant)):
             if binary:
+                # The app's flags are the fastcgi mode's, this binary's.
+                own_flags = flags if name == "wsgibridge" else []
                 self.start(name, [binary, "fastcgi", "--bind", "unix:" + self.sock(sock), "--socket-mode", "0666",
-                                  "--workers", "2", "--python", PY, "--chdir", APPS_DIR] + extra + [spec], name + ".log")
+                                  "--workers", "2", "--python", PY, "--chdir", APPS_DIR] + extra + own_flags + [spec],
+                           name + ".log")
             if binary and name + "-http" in self.targets(app):
                 # Behind nginx's proxy_pass, as gunicorn is.
                 self.start(name + "-http", [binary, "http", "--bind", "unix:" + self.sock(sock + "h"), "--workers", "2",
