@@ -25,7 +25,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"unsafe"
 )
 
 // keeper holds the supervisor's copies of the kept connections, by the
@@ -105,8 +104,7 @@ func (k *keeper) sweep() {
 	for _, fd := range k.conns {
 		fds = append(fds, pollFd{fd: int32(fd)})
 	}
-	n, _, errno := syscall.Syscall(syscall.SYS_POLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), 0)
-	if errno != 0 || n == 0 {
+	if poll(fds, 0) == 0 {
 		return
 	}
 	ended := map[int]bool{}

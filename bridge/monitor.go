@@ -100,8 +100,7 @@ func (p *Pool) awaitConnection(d time.Duration) {
 		return
 	}
 	_ = raw.Control(func(fd uintptr) {
-		fds := []pollFd{{fd: int32(fd), events: pollIn}}
-		_, _, _ = syscall.Syscall(syscall.SYS_POLL, uintptr(unsafe.Pointer(&fds[0])), 1, uintptr(d.Milliseconds()))
+		poll([]pollFd{{fd: int32(fd), events: pollIn}}, int(d.Milliseconds()))
 	})
 }
 
@@ -112,6 +111,17 @@ type pollFd struct {
 }
 
 const pollIn = 0x1
+
+// poll waits up to ms milliseconds (0: not at all) for the events asked
+// of fds, and returns how many have some (their revents), or 0 on an
+// error.
+func poll(fds []pollFd, ms int) int {
+	n, _, errno := syscall.Syscall(syscall.SYS_POLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), uintptr(ms))
+	if errno != 0 {
+		return 0
+	}
+	return int(n)
+}
 
 // readBoard notes which FastCGI workers were active since the last look,
 // and grows an elastic pool none of whose workers is idle. It returns how
