@@ -16,13 +16,13 @@ Usage: bench/quick-beside-slow.py [--rounds 5] [--timeout 60s] [BINARY...]
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+
+from harness import Procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS_DIR = os.path.join(ROOT, "testdata", "apps")
@@ -54,34 +54,22 @@ class Setup:
 
     def __init__(self, binaries, timeout):
         self.dir = tempfile.mkdtemp(prefix="wsgibridge-quick-")
-        os.makedirs(os.path.join(self.dir, "tmp"))
-        self.procs = []
+        self.procs = Procs(self.dir)
         self.ports = []
         servers = []
         for i, binary in enumerate(binaries):
             sock = os.path.join(self.dir, "d%d.sock" % i)
-            self.start([binary, "fastcgi", "--bind", "unix:" + sock, "--socket-mode", "0666", "--workers", "2",
-                        "--timeout", timeout, "--chdir", APPS_DIR, "probe"], "d%d.log" % i)
+            self.procs.start([binary, "fastcgi", "--bind", "unix:" + sock, "--socket-mode", "0666", "--workers", "2",
+                              "--timeout", timeout, "--chdir", APPS_DIR, "probe"], "d%d.log" % i)
             port = 18400 + i
             self.ports.append(port)
             servers.append("upstream d%d { server unix:%s; keepalive 16; }\n"
                            "server { listen 127.0.0.1:%d; location / { include /etc/nginx/fastcgi_params;"
                            " fastcgi_pass d%d; fastcgi_keep_conn on; fastcgi_request_buffering off; } }"
                            % (i, sock, port, i))
-        conf = os.path.join(self.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write("worker_processes 1;\n%s\npid %s/nginx.pid;\nerror_log %s/error.log;\n"
-                    "events { worker_connections 1024; }\nhttp {\n access_log off;\n"
-                    " client_body_temp_path %s/tmp; fastcgi_temp_path %s/tmp;\n%s\n}\n"
-                    % ("user root;" if os.geteuid() == 0 else "", self.dir, self.dir, self.dir, self.dir,
-                       "\n".join(servers)))
-        self.start(["nginx", "-c", conf, "-p", self.dir, "-g", "daemon off;"], "nginx.log")
+        self.procs.start_nginx(servers)
         for port in self.ports:
             self.wait(port)
-
-    def start(self, cmd, log):
-        with open(os.path.join(self.dir, log), "w") as out:
-            self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
 
     def wait(self, port):
         deadline = time.time() + 30
@@ -94,14 +82,7 @@ class Setup:
         raise SystemExit("quick-beside-slow: nothing answers on port %d" % port)
 
     def stop(self):
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        self.procs.stop()
 
 
 def main():

@@ -39,6 +39,8 @@ import threading
 import time
 import urllib.request
 
+from harness import Procs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS_DIR = os.path.join(ROOT, "testdata", "apps")
 PY = "/usr/bin/python3"
@@ -73,35 +75,22 @@ class Setup:
 
     def __init__(self, servers):
         self.dir = tempfile.mkdtemp(prefix="wsgibridge-death-")
-        os.makedirs(os.path.join(self.dir, "tmp"))
+        self.procs = Procs(self.dir)
         with open(os.path.join(self.dir, "post.lua"), "w") as f:
             f.write(POST_LUA)
-        self.procs, self.ports, self.pids = [], {}, {}
+        self.ports, self.pids = {}, {}
         blocks = []
         for i, (name, cmd) in enumerate(servers):
             sock = os.path.join(self.dir, "s%d.sock" % i)
-            self.pids[name] = self.start([a.replace("{sock}", sock) for a in cmd], name + ".log")
+            self.pids[name] = self.procs.start([a.replace("{sock}", sock) for a in cmd], name + ".log", cwd=APPS_DIR)
             self.ports[name] = 18500 + i
             blocks.append("upstream s%d { server unix:%s; keepalive 16; }\n"
                           "server { listen 127.0.0.1:%d; location / { %s"
                           " fastcgi_pass s%d; fastcgi_keep_conn on; } }"
                           % (i, sock, self.ports[name], PARAMS, i))
-        conf = os.path.join(self.dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write("worker_processes 1;\n%s\npid %s/nginx.pid;\nerror_log %s/error.log;\n"
-                    "events { worker_connections 1024; }\nhttp {\n access_log off;\n client_max_body_size 8m;\n"
-                    " client_body_temp_path %s/tmp; fastcgi_temp_path %s/tmp;\n%s\n}\n"
-                    % ("user root;" if os.geteuid() == 0 else "", self.dir, self.dir, self.dir, self.dir,
-                       "\n".join(blocks)))
-        self.start(["nginx", "-c", conf, "-p", self.dir, "-g", "daemon off;"], "nginx.log")
+        self.procs.start_nginx(blocks, "client_max_body_size 8m;")
         for name, port in self.ports.items():
             self.wait(name, port)
-
-    def start(self, cmd, log):
-        with open(os.path.join(self.dir, log), "w") as out:
-            p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=APPS_DIR, start_new_session=True)
-        self.procs.append(p)
-        return p.pid
 
     def wait(self, name, port):
         deadline = time.time() + 30
@@ -117,14 +106,7 @@ class Setup:
         raise SystemExit("worker-death: %s does not answer on port %d" % (name, port))
 
     def stop(self):
-        for p in self.procs:
-            p.send_signal(signal.SIGINT if "uwsgi" in str(p.args) else signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        self.procs.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def round(self, name, seconds, every):
