@@ -3,6 +3,7 @@
 by pid and killed if it will not stop) and the nginx they put in front."""
 
 import os
+import shutil
 import signal
 import subprocess
 
@@ -35,7 +36,8 @@ class Procs:
         return self.start(["nginx", "-c", conf, "-p", d, "-g", "daemon off;"], "nginx.log")
 
     def stop(self):
-        """Stops them all (uWSGI stops on SIGINT, the others on SIGTERM)."""
+        """Stops them all (uWSGI stops on SIGINT, the others on SIGTERM),
+        and removes the folder."""
         for p in self.procs:
             p.send_signal(signal.SIGINT if "uwsgi" in str(p.args) else signal.SIGTERM)
         for p in self.procs:
@@ -44,3 +46,4 @@ class Procs:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

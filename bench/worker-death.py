@@ -30,7 +30,6 @@ import argparse
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -107,7 +106,6 @@ class Setup:
 
     def stop(self):
         self.procs.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def round(self, name, seconds, every):
         """Posts for seconds while killing a worker of name every every
