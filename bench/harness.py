@@ -1,11 +1,53 @@
-"""What the bench scripts beside run.py share: the processes they start
-(each in its session, its output in a log in the bench's folder, stopped
-by pid and killed if it will not stop) and the nginx they put in front."""
+"""What the bench scripts share: the processes they start (each in its
+session, its output in a log in the bench's folder, stopped by pid and
+killed if it will not stop), the nginx they put in front, and how they
+read a server's processes and memory."""
 
 import os
 import shutil
 import signal
 import subprocess
+
+
+# The FastCGI params every server gets alike, the path in PATH_INFO:
+# uWSGI takes nginx's stock SCRIPT_NAME (the whole path) for the mount
+# point.
+FASTCGI_PARAMS = " ".join("fastcgi_param %s %s;" % kv for kv in (
+    ("REQUEST_METHOD", "$request_method"), ("CONTENT_TYPE", "$content_type"), ("CONTENT_LENGTH", "$content_length"),
+    ("SCRIPT_NAME", '""'), ("PATH_INFO", "$uri"), ("QUERY_STRING", "$query_string"), ("REQUEST_URI", "$request_uri"),
+    ("SERVER_PROTOCOL", "$server_protocol"), ("SERVER_NAME", "$server_name"), ("SERVER_PORT", "$server_port"),
+    ("REMOTE_ADDR", "$remote_addr"), ("HTTP_HOST", "$host")))
+
+
+def descendants(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, task)) as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def memory(pids):
+    """RSS and PSS of pids, in MiB."""
+    rss = pss = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/smaps_rollup" % p) as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            pass
+    return rss / 1024, pss / 1024
 
 
 class Procs:

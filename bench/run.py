@@ -56,6 +56,8 @@ import tempfile
 import time
 import urllib.request
 
+from harness import descendants, memory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS_DIR = os.path.join(ROOT, "testdata", "apps")
 PY = "/usr/bin/python3"
@@ -107,21 +109,6 @@ def version(cmd):
     return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "?"
 
 
-def children(pid):
-    """pid and all its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for f in os.listdir("/proc/%d/task" % p):
-                with open("/proc/%d/task/%s/children" % (p, f)) as c:
-                    todo.extend(int(x) for x in c.read().split())
-        except OSError:
-            pass
-    return out
-
-
 def cpu_ticks(pids):
     total = 0
     for p in pids:
@@ -132,21 +119,6 @@ def cpu_ticks(pids):
         except OSError:
             pass
     return total
-
-
-def memory(pids):
-    rss = pss = 0
-    for p in pids:
-        try:
-            with open("/proc/%d/smaps_rollup" % p) as f:
-                for line in f:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1])
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1])
-        except OSError:
-            pass
-    return rss / 1024, pss / 1024
 
 
 
@@ -364,11 +336,11 @@ Alias / "%(script)s"
         self.wrk(target, app, 2)  # warm-up, not measured
         if target in FRONTS:
             # Its own processes (mod_fcgid's wsgibridge processes among them).
-            nginx_pids = children(self.procs[target].pid)
+            nginx_pids = descendants(self.procs[target].pid)
         else:
-            nginx_pids = children(self.procs["nginx"].pid)[1:]  # the worker, not the master
+            nginx_pids = descendants(self.procs["nginx"].pid)[1:]  # the worker, not the master
         server = SERVER_OF.get(target, target)
-        server_pids = children(self.procs[server].pid) if server else []
+        server_pids = descendants(self.procs[server].pid) if server else []
         before = (cpu_ticks(nginx_pids), cpu_ticks(server_pids))
         out, wrk_cpu = self.wrk(target, app, self.args.seconds)
         after = (cpu_ticks(nginx_pids), cpu_ticks(server_pids))
@@ -383,7 +355,7 @@ Alias / "%(script)s"
                                  cpu_front=per(after[0] - before[0]), cpu_server=per(after[1] - before[1]),
                                  cpu_wrk=wrk_cpu / n * 1e6 if n else 0, errors=errors))
         if server_pids:
-            pids = children(self.procs[server].pid)
+            pids = descendants(self.procs[server].pid)
             rss, pss = memory(pids)
             top = memory([self.procs[server].pid])[0]
             old = self.mem.get((app, target), (0, 0, 0, 0))

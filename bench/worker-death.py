@@ -38,35 +38,16 @@ import threading
 import time
 import urllib.request
 
-from harness import Procs
+from harness import FASTCGI_PARAMS, Procs, descendants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS_DIR = os.path.join(ROOT, "testdata", "apps")
 PY = "/usr/bin/python3"
 SPEC = "djangoapp:application"
-# The path in PATH_INFO, for every server alike: uWSGI takes nginx's
-# stock SCRIPT_NAME (the whole path) for the mount point.
-PARAMS = " ".join("fastcgi_param %s %s;" % kv for kv in (
-    ("REQUEST_METHOD", "$request_method"), ("CONTENT_TYPE", "$content_type"), ("CONTENT_LENGTH", "$content_length"),
-    ("SCRIPT_NAME", '""'), ("PATH_INFO", "$uri"), ("QUERY_STRING", "$query_string"), ("REQUEST_URI", "$request_uri"),
-    ("SERVER_PROTOCOL", "$server_protocol"), ("SERVER_NAME", "$server_name"), ("SERVER_PORT", "$server_port"),
-    ("REMOTE_ADDR", "$remote_addr"), ("HTTP_HOST", "$host")))
 POST_LUA = """wrk.method = "POST"
 wrk.body = string.rep("x", 65536)
 wrk.headers["Content-Type"] = "application/octet-stream"
 """
-
-
-def children(pid):
-    """The processes pid started (from any of its threads)."""
-    out = []
-    try:
-        for task in os.listdir("/proc/%d/task" % pid):
-            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
-                out += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return out
 
 
 class Setup:
@@ -86,7 +67,7 @@ class Setup:
             blocks.append("upstream s%d { server unix:%s; keepalive 16; }\n"
                           "server { listen 127.0.0.1:%d; location / { %s"
                           " fastcgi_pass s%d; fastcgi_keep_conn on; } }"
-                          % (i, sock, self.ports[name], PARAMS, i))
+                          % (i, sock, self.ports[name], FASTCGI_PARAMS, i))
         self.procs.start_nginx(blocks, "client_max_body_size 8m;")
         for name, port in self.ports.items():
             self.wait(name, port)
@@ -115,7 +96,7 @@ class Setup:
 
         def killer():
             while every and not stop.wait(every):
-                pids = children(self.pids[name])
+                pids = descendants(self.pids[name])[1:]
                 if pids:
                     try:
                         os.kill(random.choice(pids), signal.SIGKILL)
