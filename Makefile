@@ -64,6 +64,7 @@ bench: deps build
 	bench/cgi-cold.sh 40
 	bench/cgi-apache.sh 3
 	bench/worker-death.py --rounds 3 --seconds 20
+	bench/memory.py --rounds 3 --seconds 10 --workers 4,8 --kills 10
 
 # A short run of each fuzz target (longer by hand: make fuzz FUZZTIME=20000000x).
 fuzz:

@@ -6,7 +6,8 @@
 // request sent over the frames (serve.go) or serves FastCGI itself
 // (fastcgiworker.go), and the pool: its workers' slots (slot.go), the
 // board the FastCGI workers share with it (board.go), the queue of
-// requests waiting for a worker (queue.go), and the copies of the
+// requests waiting for a worker (queue.go), the copies of the
 // connections the FastCGI workers keep, so that a worker's death takes
-// only the request it ran (keeper.go).
+// only the request it ran (keeper.go), and the fork servers the workers
+// of a preloading pool are forked from (forker.go, orphans.go).
 package bridge

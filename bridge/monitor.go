@@ -5,7 +5,8 @@ package bridge
 // every FastCGI worker is busy (or, empty, when a connection waits) and
 // shrinks when one has idled long enough; the FastCGI wait is bounded
 // (backlog.go); workers past their memory are recycled (memory.go); a
-// crash storm ends (storm.go). FastCGI workers are read off the board, so
+// crash storm ends (storm.go); a dead fork server is replaced and the
+// app's orphans reaped (forker.go, orphans.go). FastCGI workers are read off the board, so
 // the monitor never sits on a request's path.
 
 import (
@@ -75,6 +76,9 @@ func (p *Pool) monitor() {
 				p.checkMemory()
 			}
 			p.checkStorm()
+			if p.preload != nil {
+				p.tendPreload()
+			}
 			if p.keeper != nil {
 				p.keeper.collect()
 				p.keeper.sweep()

@@ -54,6 +54,12 @@ type PoolConfig struct {
 	// its request pipe closes before it is killed (a FastCGI worker's
 	// request in progress has Timeout besides). Default 5 s.
 	GraceTimeout time.Duration
+	// Preload imports the app once, in a fork server, and forks the
+	// workers from it (forker.go): they share the app's memory, and a
+	// new one serves without an import. A reload starts a new fork
+	// server. What the app makes at import (connections, threads, random
+	// seeds) is then shared by the workers.
+	Preload bool
 }
 
 // Errors of Pool.Serve, when no worker took the request. Serve has then
@@ -92,9 +98,11 @@ type Pool struct {
 	timeoutCause error
 
 	// For FastCGI workers: see FastCGIConfig.
-	lobby   [2]*os.File
-	board   *board
-	keeper  *keeper
+	lobby  [2]*os.File
+	board  *board
+	keeper *keeper
+	// preload runs the fork servers, with PoolConfig.Preload.
+	preload *preload
 	backlog backlog
 	storm   storm // under mu
 	// changeSeen is the generation whose code change started a reload.
@@ -176,8 +184,20 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	p.lastSeen.Store(time.Now().UnixNano())
 	p.heartbeat.Store(time.Now().UnixNano())
+	if cfg.Preload {
+		if err := becomeSubreaper(); err != nil {
+			return nil, err
+		}
+		p.preload = &preload{start: p.startForker, log: log, forkers: map[int]*forker{}}
+		if err := p.preload.use(p.gen); err != nil {
+			return nil, err
+		}
+	}
 	ms, err := p.spawnAll(p.gen, cfg.Workers.Min)
 	if err != nil {
+		if p.preload != nil {
+			p.preload.close()
+		}
 		return nil, err
 	}
 	p.mu.Lock()
@@ -211,8 +231,16 @@ func (p *Pool) Reload() error {
 	// pool has grown to.
 	n := max(p.live, p.cfg.Workers.Min)
 	p.mu.Unlock()
+	if p.preload != nil {
+		if err := p.preload.use(gen); err != nil {
+			return fmt.Errorf("bridge: reload failed, the running workers stay: %w", err)
+		}
+	}
 	ms, err := p.spawnAll(gen, n)
 	if err != nil {
+		if p.preload != nil {
+			p.preload.retire(gen, true)
+		}
 		return fmt.Errorf("bridge: reload failed, the running workers stay: %w", err)
 	}
 	p.mu.Lock()
@@ -222,6 +250,9 @@ func (p *Pool) Reload() error {
 			go p.closeMember(m)
 		}
 		return ErrClosed
+	}
+	if p.preload != nil {
+		go p.preload.retire(gen, false)
 	}
 	p.gen = gen
 	p.countReload()
@@ -256,6 +287,9 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		p.slots.Wait()
+		if p.preload != nil {
+			p.preload.close()
+		}
 		if p.keeper != nil {
 			p.keeper.close()
 		}

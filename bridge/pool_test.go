@@ -38,7 +38,7 @@ func newPool(t *testing.T, app string, configure func(*PoolConfig)) *poolHarness
 	h.pool, err = NewPool(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		pids := h.pool.Stats().Pids
+		pids := append(h.pool.Stats().Pids, h.pool.Status().ForkServers...)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		assert.NoError(t, h.pool.Shutdown(ctx))
@@ -47,6 +47,15 @@ func newPool(t *testing.T, app string, configure func(*PoolConfig)) *poolHarness
 		}
 	})
 	return h
+}
+
+// startModes runs f with workers started by exec, and with workers
+// forked from a fork server (PoolConfig.Preload): set sets the mode.
+func startModes(t *testing.T, f func(t *testing.T, set func(*PoolConfig))) {
+	for _, preload := range []bool{false, true} {
+		name := map[bool]string{false: "exec", true: "preload"}[preload]
+		t.Run(name, func(t *testing.T) { f(t, func(c *PoolConfig) { c.Preload = preload }) })
+	}
 }
 
 func (h *poolHarness) get(path string, extra ...string) (*recorder, Result, error) {
@@ -94,14 +103,24 @@ func TestPoolServesConcurrently(t *testing.T) {
 }
 
 func TestPoolImportFailure(t *testing.T) {
-	_, err := NewPool(PoolConfig{Worker: Config{App: "no_such_app_module", Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))}, Workers: Size{2, 2}})
+	startModes(t, testPoolImportFailure)
+}
+
+func testPoolImportFailure(t *testing.T, set func(*PoolConfig)) {
+	cfg := PoolConfig{Worker: Config{App: "no_such_app_module", Logger: slog.New(slog.NewTextHandler(&syncBuffer{}, nil))}, Workers: Size{2, 2}}
+	set(&cfg)
+	_, err := NewPool(cfg)
 	var ie *ImportError
 	require.ErrorAs(t, err, &ie)
 	assert.Contains(t, ie.Msg, "No module named 'no_such_app_module'")
 }
 
 func TestPoolReplacesKilledWorker(t *testing.T) {
-	h := newPool(t, probeApp(t, "application"), nil)
+	startModes(t, testPoolReplacesKilledWorker)
+}
+
+func testPoolReplacesKilledWorker(t *testing.T, set func(*PoolConfig)) {
+	h := newPool(t, probeApp(t, "application"), set)
 	before := h.pool.Stats().Pids
 	rec, res, err := h.get("/kill")
 	require.ErrorIs(t, err, ErrWorkerDied)
@@ -165,7 +184,11 @@ func TestPoolBacklog(t *testing.T) {
 }
 
 func TestPoolMaxRequests(t *testing.T) {
-	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { c.Workers, c.MaxRequests = Size{1, 1}, 3 })
+	startModes(t, testPoolMaxRequests)
+}
+
+func testPoolMaxRequests(t *testing.T, set func(*PoolConfig)) {
+	h := newPool(t, probeApp(t, "application"), func(c *PoolConfig) { set(c); c.Workers, c.MaxRequests = Size{1, 1}, 3 })
 	var pids []string
 	for i := 0; i < 9; i++ {
 		rec, res, err := h.get("/pid")
@@ -191,6 +214,10 @@ func TestPoolSysExitDoesNotFailNextRequest(t *testing.T) {
 }
 
 func TestPoolReload(t *testing.T) {
+	startModes(t, testPoolReload)
+}
+
+func testPoolReload(t *testing.T, set func(*PoolConfig)) {
 	dir := t.TempDir()
 	app := filepath.Join(dir, "reloaded.py")
 	write := func(body string) {
@@ -200,8 +227,9 @@ func TestPoolReload(t *testing.T) {
 		return fmt.Sprintf("def application(e, s):\n    s('200 OK', [])\n    return [b'%s']\n", v)
 	}
 	write(version("v1"))
-	h := newPool(t, app, nil)
+	h := newPool(t, app, set)
 	old := h.pool.Stats().Pids
+	oldForkers := h.pool.Status().ForkServers
 
 	// Requests keep coming during the reload; none may fail.
 	stop := make(chan struct{})
@@ -237,12 +265,14 @@ func TestPoolReload(t *testing.T) {
 	rec, _, err := h.get("/")
 	require.NoError(t, err)
 	assert.Equal(t, "v2", rec.body.String(), "the new code is served")
-	for _, pid := range old {
-		assert.Eventually(t, func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH }, 10*time.Second, 10*time.Millisecond, "old worker %d retired", pid)
+	for _, pid := range append(old, oldForkers...) {
+		assert.Eventually(t, func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH }, 10*time.Second, 10*time.Millisecond, "old worker or fork server %d retired", pid)
 	}
 
-	// A reload whose import fails keeps the running workers.
+	// A reload whose import fails keeps the running workers, and their
+	// fork server.
 	running := h.waitLive(2).Pids
+	forkers := h.pool.Status().ForkServers
 	write("raise RuntimeError('broken deploy')\n")
 	err = h.pool.Reload()
 	var ie *ImportError
@@ -252,17 +282,40 @@ func TestPoolReload(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "v2", rec.body.String())
 	assert.ElementsMatch(t, running, h.pool.Stats().Pids)
+	assert.Equal(t, forkers, h.pool.Status().ForkServers)
+	if h.pool.preload == nil {
+		return
+	}
+	// Preloaded, a worker that dies after the broken deploy is replaced
+	// by a fork of the code that runs, not an import of the broken one.
+	require.Len(t, oldForkers, 1)
+	require.Len(t, forkers, 1)
+	assert.NotEqual(t, oldForkers, forkers, "the reload started a fork server of the new code")
+	require.NoError(t, syscall.Kill(running[0], syscall.SIGKILL))
+	require.Eventually(t, func() bool {
+		s := h.pool.Stats()
+		return s.Live == 2 && !slices.Contains(s.Pids, running[0])
+	}, 10*time.Second, 10*time.Millisecond)
+	for range 4 {
+		rec, _, err = h.get("/")
+		require.NoError(t, err)
+		assert.Equal(t, "v2", rec.body.String())
+	}
 }
 
 func TestPoolShutdownDrains(t *testing.T) {
-	h := newPool(t, probeApp(t, "application"), nil)
+	startModes(t, testPoolShutdownDrains)
+}
+
+func testPoolShutdownDrains(t *testing.T, set func(*PoolConfig)) {
+	h := newPool(t, probeApp(t, "application"), set)
 	done := make(chan Result, 1)
 	go func() {
 		_, res, _ := h.get("/sleep", "QUERY_STRING", "0.5")
 		done <- res
 	}()
 	require.Eventually(t, func() bool { return h.pool.Stats().Idle == 1 }, 10*time.Second, time.Millisecond)
-	pids := h.pool.Stats().Pids
+	pids := append(h.pool.Stats().Pids, h.pool.Status().ForkServers...)
 	require.NoError(t, h.pool.Shutdown(context.Background()))
 	assert.Equal(t, 200, (<-done).Status, "the request in flight finishes")
 	_, res, err := h.get("/hello")

@@ -26,7 +26,7 @@ var pythonFiles embed.FS
 // those it imports at its top.
 var pipeModules = []string{
 	"wsgibridge", "wsgibridge.frames", "wsgibridge.wsgi", "wsgibridge.pipe",
-	"wsgibridge.app", "wsgibridge.spool", "wsgibridge.stacks", "wsgibridge.main",
+	"wsgibridge.app", "wsgibridge.spool", "wsgibridge.stacks", "wsgibridge.forker", "wsgibridge.main",
 }
 
 // fastCGIModules are the further modules of a FastCGI worker; main

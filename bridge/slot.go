@@ -118,7 +118,16 @@ func (p *Pool) spawn(gen int) (*member, error) {
 		fc.Changed = func(file string) { p.codeChanged(gen, file) }
 		cfg.FastCGI = &fc
 	}
-	wk, err := Start(cfg)
+	if p.preload != nil {
+		if cfg.from, err = p.preload.forker(gen); err != nil {
+			w.Close()
+			r.Close()
+			p.freeSlot(slot)
+			return nil, err
+		}
+	}
+	began := time.Now()
+	wk, err := start(cfg)
 	w.Close()
 	if err != nil {
 		r.Close()
@@ -133,6 +142,7 @@ func (p *Pool) spawn(gen int) (*member, error) {
 		p.freeSlot(slot)
 		return nil, err
 	}
+	p.log.Debug("worker ready", "pid", wk.Pid(), "took", time.Since(began))
 	m := &member{w: wk, gen: gen, born: time.Now(), retire: make(chan struct{}), slot: slot}
 	m.lastActive.Store(m.born.UnixNano())
 	if p.cfg.MaxRequests > 0 {
@@ -145,6 +155,42 @@ func (p *Pool) spawn(gen int) (*member, error) {
 	p.members[m] = struct{}{}
 	p.mu.Unlock()
 	return m, nil
+}
+
+// startForker starts generation gen's fork server (forker.go), its
+// output logged as a worker's is, and waits until it imported the app.
+func (p *Pool) startForker(gen int) (*forker, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("bridge: fork server output pipe: %w", err)
+	}
+	cfg := p.cfg.Worker
+	cfg.Output = w
+	if cfg.FastCGI != nil {
+		fc := *cfg.FastCGI
+		if p.board != nil {
+			fc.Lobby, fc.Board, fc.Keep = p.lobby, p.board.file, p.keeper.theirs
+		}
+		fc.Changed = nil
+		cfg.FastCGI = &fc
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ImportTimeout)
+	defer cancel()
+	began := time.Now()
+	logged := false
+	f, err := startForker(ctx, cfg, func(pid int) {
+		w.Close()
+		logged = true
+		go p.logOutput(r, pid)
+	})
+	if !logged {
+		w.Close()
+		r.Close()
+	}
+	if err == nil {
+		p.log.Info("the fork server imported the app; workers are forked from it", "pid", f.w.Pid(), "took", time.Since(began).Round(time.Millisecond))
+	}
+	return f, err
 }
 
 // logOutput logs what a worker prints, a line at a time (long lines in
@@ -186,11 +232,15 @@ func (p *Pool) startSlot(m *member) {
 func (p *Pool) runSlot(m *member) {
 	defer p.slots.Done()
 	gen := m.gen
-	backoff := 100 * time.Millisecond
+	// backoff is the wait before the next start: none after a worker
+	// that did not die young (storm.go), nor after the first that did;
+	// then 100 ms, doubling, while workers keep dying young.
+	var backoff time.Duration
 	for {
 		p.await(m)
 		p.remove(m)
-		young := p.youngDeath(m)
+		served := p.servedBy(m)
+		young := p.youngDeath(m, served)
 		p.closeMember(m)
 		p.countExit(m.cause)
 		if young {
@@ -204,14 +254,14 @@ func (p *Pool) runSlot(m *member) {
 			p.mu.Unlock()
 			return
 		}
-		if m.onPurpose() || time.Since(m.born) > 10*time.Second {
-			backoff = 100 * time.Millisecond
+		if !young {
+			backoff = 0
 		} else {
-			// Died young: wait before the next, more each time.
-			if !p.sleepUnlessStopped(gen, backoff) {
+			// A crash loop: wait before the next, more each time.
+			if backoff > 0 && !p.sleepUnlessStopped(gen, backoff) {
 				return
 			}
-			backoff = min(2*backoff, 30*time.Second)
+			backoff = min(max(2*backoff, 100*time.Millisecond), 30*time.Second)
 		}
 		for {
 			if p.slotDone(gen) {
@@ -226,6 +276,7 @@ func (p *Pool) runSlot(m *member) {
 			p.mu.Unlock()
 			p.wakeWaitersIfNoWorkers()
 			p.diedYoung(err.Error())
+			backoff = max(backoff, 100*time.Millisecond)
 			p.log.Log(context.Background(), p.deathLevel(slog.LevelError), "worker could not be started; retrying", "in", backoff, "err", err)
 			if !p.sleepUnlessStopped(gen, backoff) {
 				return

@@ -63,6 +63,10 @@ type Status struct {
 	Rows []WorkerStatus
 	// Degraded, when not nil, is the crash storm the pool is in.
 	Degraded *Degraded
+	// ForkServers are the pids of the processes the workers are forked
+	// from (PoolConfig.Preload): the current generation's, and during a
+	// reload the one before's.
+	ForkServers []int
 }
 
 // Degraded is a crash storm (see storm.go): since when, how many workers
@@ -167,6 +171,10 @@ func (p *Pool) Status() Status {
 
 	s := Status{Workers: p.cfg.Workers, Size: size, Starting: int(p.starting.Load()), Waiting: waiting,
 		Exits: map[string]uint64{}, Degraded: degraded}
+	if p.preload != nil {
+		s.ForkServers = p.preload.pids()
+		slices.Sort(s.ForkServers)
+	}
 	p.stat.mu.Lock()
 	s.Served = p.stat.served + p.stat.retired
 	c := p.stat.counts

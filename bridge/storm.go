@@ -1,8 +1,8 @@
 package bridge
 
 // This file holds what the pool does in a crash storm: workers that die
-// young (soon after they start, or in their first request, or that cannot
-// start at all) one after another, as an app broken by a deploy or by
+// young (soon after they start, before their second request, or that
+// cannot start at all) one after another, as an app broken by a deploy or by
 // what it depends on makes them. Each slot already waits longer before
 // each restart (slot.go); here the pool tells of the storm once when it
 // begins, with the last death's cause, and once when it ends, instead of
@@ -32,17 +32,21 @@ type storm struct {
 	last   string // the last death's cause
 }
 
-// youngDeath reports whether m, gone, died young: by itself, soon after
-// it started or in its first request. Called before its slot is freed.
-func (p *Pool) youngDeath(m *member) bool {
-	if m.cause != ExitCrash {
-		return false
-	}
-	served := uint64(m.served.Load())
+// servedBy returns how many requests m took. Called before its slot is
+// freed.
+func (p *Pool) servedBy(m *member) uint64 {
 	if m.slot >= 0 {
-		served = p.board.read(m.slot).served
+		return p.board.read(m.slot).served
 	}
-	return time.Since(m.born) < youngAge || served <= 1
+	return uint64(m.served.Load())
+}
+
+// youngDeath reports whether m, gone having taken served requests, died
+// young: by itself, soon after it started and before it took a second
+// request. One that served proved the app can: its death (a kill by
+// hand, the OOM killer) is not the app's crash loop.
+func (p *Pool) youngDeath(m *member, served uint64) bool {
+	return m.cause == ExitCrash && served <= 1 && time.Since(m.born) < youngAge
 }
 
 // diedYoung counts a young death (why: its cause), beginning a storm when

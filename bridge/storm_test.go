@@ -33,7 +33,9 @@ func TestCrashStorm(t *testing.T) {
 	assert.Contains(t, st.Degraded.Last, "killed by signal 9")
 	logged := p.log.String()
 	assert.Equal(t, 1, strings.Count(logged, "workers keep dying young"), logged)
-	assert.LessOrEqual(t, strings.Count(logged, "worker exited while idle"), stormDeaths, "one line per death only before the storm")
+	// The first worker had served a request before its /kill: its death
+	// was not young, and is one line more.
+	assert.LessOrEqual(t, strings.Count(logged, "worker exited while idle"), stormDeaths+1, "one line per death only before the storm")
 
 	// The workers' ping path says so too, once a worker is up to answer.
 	require.Eventually(t, func() bool {

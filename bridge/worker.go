@@ -8,7 +8,6 @@ package bridge
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -58,6 +57,13 @@ type Config struct {
 	// StackDepth is how many frames per thread that log shows (0: 20).
 	Stacks     bool
 	StackDepth int
+
+	// forks makes the process the fork server of a preloading pool
+	// (forker.go): its end of the socket on which it is asked for
+	// workers. from, when set, has the worker forked by that server
+	// instead of started.
+	forks *os.File
+	from  *forker
 }
 
 // ImportError is returned when the app cannot be imported; Msg says what
@@ -73,7 +79,6 @@ func (e *ImportError) Error() string { return e.Msg }
 type Worker struct {
 	cfg    Config
 	log    *slog.Logger
-	cmd    *exec.Cmd
 	pid    int
 	toPy   *os.File // our end of the worker's fd 3
 	fromPy *os.File // our end of the worker's fd 4
@@ -89,7 +94,10 @@ type Worker struct {
 	// them when ready.
 	appFiles []string
 
-	exited  chan struct{}
+	exited chan struct{}
+	// state is how the process ended, once exited is closed; nil if it
+	// could not be waited for (waitErr says why).
+	state   *os.ProcessState
 	waitErr error
 	// unusable is set when the worker was killed, broke the protocol or
 	// said it exits after its request.
@@ -107,6 +115,13 @@ type Worker struct {
 // Start starts a worker. It does not wait for the app to import: Ready
 // does, and so does the first Serve.
 func Start(cfg Config) (*Worker, error) {
+	cfg.forks, cfg.from = nil, nil
+	return start(cfg)
+}
+
+// start starts a worker, the fork server of a preloading pool, or a
+// worker forked from one, as cfg says.
+func start(cfg Config) (*Worker, error) {
 	python := cfg.Python
 	if python == "" {
 		python = "python3"
@@ -173,6 +188,16 @@ func Start(cfg Config) (*Worker, error) {
 			files = append(files, fast)
 			opts = append(opts, "fastpath="+strconv.Itoa(2+len(files)))
 		}
+	}
+	// The files before shared are the same in every worker of a pool; a
+	// fork server has them already, at the same numbers, and is sent only
+	// the rest (and the first two, the worker's own pipes).
+	shared := len(files)
+	if cfg.forks != nil {
+		files = append(files, cfg.forks)
+		opts = append(opts, "forks="+strconv.Itoa(2+len(files)))
+	}
+	if cfg.FastCGI != nil && cfg.forks == nil {
 		if cfg.FastCGI.StatusPath != "" && cfg.FastCGI.Status != nil {
 			queries, err := openStatusQueries(cfg.FastCGI.Status)
 			if err != nil {
@@ -184,7 +209,7 @@ func Start(cfg Config) (*Worker, error) {
 		}
 	}
 	var stackR *os.File
-	if cfg.Stacks {
+	if cfg.Stacks && cfg.forks == nil {
 		r, w, err := os.Pipe()
 		if err != nil {
 			return abandon(fmt.Errorf("bridge: worker stack pipe: %w", err))
@@ -198,17 +223,36 @@ func Start(cfg Config) (*Worker, error) {
 		args = append(append(append(args, mode), opts...), "--")
 	}
 	args = append(append(args, cfg.App), cfg.PythonPath...)
-	cmd := exec.Command(path, args...)
-	cmd.Dir = cfg.Dir
-	cmd.Env = cfg.Env
-	cmd.Stdout = out
-	cmd.Stderr = out
-	cmd.ExtraFiles = files
-	// Its own process group, so a kill reaches what the app started; and
-	// killed with us, so no worker outlives the bridge.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return abandon(fmt.Errorf("bridge: start %s: %w", path, err))
+	var proc *os.Process
+	var wait func() (*os.ProcessState, error)
+	if cfg.from != nil {
+		proc, err = forkWorker(cfg.from, args[2:], out, files, shared)
+		if err != nil {
+			return abandon(err)
+		}
+		// It serves once told: it is ours now. If it died, Ready says so.
+		_, _ = toPy.Write([]byte{'g'})
+		wait = proc.Wait
+	} else {
+		cmd := exec.Command(path, args...)
+		cmd.Dir = cfg.Dir
+		cmd.Env = cfg.Env
+		cmd.Stdout = out
+		cmd.Stderr = out
+		cmd.ExtraFiles = files
+		// Its own process group, so a kill reaches what the app started;
+		// and killed with us, so no worker outlives the bridge.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			return abandon(fmt.Errorf("bridge: start %s: %w", path, err))
+		}
+		proc, wait = cmd.Process, func() (*os.ProcessState, error) {
+			err := cmd.Wait()
+			if cmd.ProcessState != nil {
+				err = nil // an exit status other than 0 is the state's to tell
+			}
+			return cmd.ProcessState, err
+		}
 	}
 	closeTheirs()
 	if cfg.StopGrace == 0 {
@@ -216,8 +260,7 @@ func Start(cfg Config) (*Worker, error) {
 	}
 	w := &Worker{
 		cfg:    cfg,
-		cmd:    cmd,
-		pid:    cmd.Process.Pid,
+		pid:    proc.Pid,
 		toPy:   toPy,
 		fromPy: fromPy,
 		r:      bufio.NewReaderSize(fromPy, 64<<10),
@@ -229,9 +272,12 @@ func Start(cfg Config) (*Worker, error) {
 		w.stacks = readStacks(stackR)
 	}
 	go func() {
-		w.waitErr = cmd.Wait()
+		w.state, w.waitErr = wait()
 		close(w.exited)
 	}()
+	if cfg.from != nil {
+		return w, nil
+	}
 	// The worker reads its source first thing; until it does, this write
 	// waits for room in the pipe.
 	if _, err := toPy.Write(code.data); err != nil {
@@ -239,6 +285,18 @@ func Start(cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("bridge: send worker source: %w", err)
 	}
 	return w, nil
+}
+
+// forkWorker has f fork a worker with the command line argv: its output
+// on out (fds 1 and 2), files at the numbers a started worker has them,
+// of which f has those before shared already.
+func forkWorker(f *forker, argv []string, out *os.File, files []*os.File, shared int) (*os.Process, error) {
+	mine := append([]*os.File{out, out, files[0], files[1]}, files[shared:]...)
+	targets := []int{1, 2, 3, 4}
+	for i := shared; i < len(files); i++ {
+		targets = append(targets, 3+i)
+	}
+	return f.fork(argv, mine, targets)
 }
 
 // AppFiles returns the source files of the modules the app imported from
@@ -306,17 +364,18 @@ func (w *Worker) exitStatus() string {
 		w.Kill()
 		<-w.exited
 	}
-	var ee *exec.ExitError
-	if errors.As(w.waitErr, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return fmt.Sprintf("was killed by signal %d (%v)", int(ws.Signal()), ws.Signal())
-		}
-		return fmt.Sprintf("exited with status %d", ee.ExitCode())
+	return describeExit(w.state, w.waitErr)
+}
+
+// describeExit says how a process ended, as its wait gave it.
+func describeExit(state *os.ProcessState, err error) string {
+	if state == nil {
+		return fmt.Sprintf("ended (%v)", err)
 	}
-	if w.waitErr != nil {
-		return fmt.Sprintf("ended (%v)", w.waitErr)
+	if ws, ok := state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return fmt.Sprintf("was killed by signal %d (%v)", int(ws.Signal()), ws.Signal())
 	}
-	return "exited with status 0"
+	return fmt.Sprintf("exited with status %d", state.ExitCode())
 }
 
 // Usable reports whether the worker can take another request: it is

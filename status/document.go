@@ -26,6 +26,9 @@ type Document struct {
 	Reloads       Reloads           `json:"reloads"`
 	// Degraded is the crash storm the pool is in, null when none.
 	Degraded *Degraded `json:"degraded"`
+	// ForkServers, under --preload: the pids of the processes the
+	// workers are forked from.
+	ForkServers []int `json:"fork_servers,omitempty"`
 	// Rows, with ?full: a row per worker.
 	Rows []Row `json:"worker_rows,omitempty"`
 
@@ -111,6 +114,7 @@ func (s *Server) Document(full bool) Document {
 		WorkerExits: map[string]uint64{},
 		Degraded:    degradedOf(st.Degraded),
 		Reloads:     Reloads{Count: st.Reloads},
+		ForkServers: st.ForkServers,
 		durations:   st.Buckets,
 		duration:    st.Duration,
 	}

@@ -33,6 +33,7 @@ var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 {{with .ListenQueue}}<tr><th>listen queue</th><td>{{.Now}} waiting now, {{.Max}} at most, of {{.Backlog}}</td></tr>{{end}}
 <tr><th>worker exits</th><td>{{range $k, $v := .WorkerExits}}{{$k}}: {{$v}} {{end}}</td></tr>
 <tr><th>reloads</th><td>{{.Reloads.Count}}{{with .Reloads.Last}}, the last {{ago .}} ago{{end}}</td></tr>
+{{with .ForkServers}}<tr><th>fork server</th><td>pid {{range .}}{{.}} {{end}}</td></tr>{{end}}
 </table>
 <h2>Workers</h2>
 <table>

@@ -4,7 +4,9 @@ app, says ready (or why the import failed), then serves: requests over the
 frames (pipe), or FastCGI connections (fastcgi.server) under
 "wsgibridge fastcgi". The Go side starts it as
 ``python -c BOOTSTRAP [--fastcgi OPTION=VALUE... --] APP [PYTHONPATH...]``
-(bridge/python.go).
+(bridge/python.go). Under --preload the process it starts imports the
+app and then forks the workers, each of which goes on here with its own
+command line (forker.py).
 """
 
 import os
@@ -20,17 +22,34 @@ from wsgibridge.pipe import serve
 from wsgibridge.wsgi import on_stop
 
 
-def main(argv):
-    """Runs the worker: argv is [--MODE OPTION=VALUE... --] APP
+def parse(argv):
+    """Splits the command line [--MODE OPTION=VALUE... --] APP
     [PYTHONPATH...], MODE fastcgi or pipe (the default; bridge/worker.go
-    and bridge/fastcgiworker.go make it); returns the exit status."""
+    and bridge/fastcgiworker.go make it), into whether it is fastcgi, the
+    options, the app and its python path."""
     fastcgi, opts = False, {}
     if argv and argv[0] in ("--fastcgi", "--pipe"):
         fastcgi = argv[0] == "--fastcgi"
         end = argv.index("--")
         opts = dict(a.split("=", 1) for a in argv[1:end])
         argv = argv[end + 1:]
-    spec, pythonpath = argv[0], argv[1:]
+    return fastcgi, opts, argv[0], argv[1:]
+
+
+def install_stacks(opts):
+    """Gives the stacks on SIGUSR2 (stacks.py) when the supervisor asks
+    for them: before the app imports, since SIGUSR2 would kill the worker
+    otherwise."""
+    if "stacks" in opts:
+        from wsgibridge.stacks import install
+        install(int(opts["stacks"]))
+
+
+def main(argv):
+    """Runs the worker, or with the option forks the fork server of
+    --preload (forker.py) and then each worker it forks; returns the exit
+    status."""
+    fastcgi, opts, spec, pythonpath = parse(argv)
     sys.argv = ["wsgibridge"]
     for d in reversed(pythonpath):
         sys.path.insert(0, d)
@@ -41,15 +60,13 @@ def main(argv):
         fds.append(5)
         if "slot" in opts:
             fds += [6, 7, 8]  # the lobby's two ends and the board
-    for name in ("fastpath", "stacks", "status", "keep"):
+    for name in ("fastpath", "stacks", "status", "keep", "forks"):
         if name in opts:
             fds.append(int(opts[name]))
     for fd in fds:
         os.set_inheritable(fd, False)
     _signal.signal(_signal.SIGUSR1, on_stop)
-    if "stacks" in opts:
-        from wsgibridge.stacks import install
-        install(int(opts["stacks"]))
+    install_stacks(opts)
     rin = open(3, "rb", buffering=256 * 1024)
     out = open(4, "wb", buffering=256 * 1024)
     sys.stdout.reconfigure(line_buffering=True)
@@ -67,9 +84,20 @@ def main(argv):
         send(out, IMPORT_FAILED, summary.encode("utf-8", "replace"))
         return 3
     files = app_files(spec, pythonpath)
+    ready = "\n".join(files).encode("utf-8", "surrogateescape")
+    if "forks" in opts:
+        from wsgibridge.forker import serve_forks
+        send(out, READY, ready)
+        argv = serve_forks(int(opts["forks"]))
+        if argv is None:
+            return 0
+        # A worker: its fds 3 and 4 are its own pipes now, under rin and
+        # out, which the fork server never read or left data in.
+        fastcgi, opts, _, _ = parse(argv)
+        install_stacks(opts)
     if "reload-on-change" in opts:
         opts["files"] = watch_list(files, imported_at)
-    send(out, READY, "\n".join(files).encode("utf-8", "surrogateescape"))
+    send(out, READY, ready)
     if not fastcgi:
         return serve(app, rin, out)
     # _socket, not socket: socket imports enum, selectors and collections,

@@ -47,6 +47,7 @@ type daemonFlags struct {
 	logLevel       string
 	idleTimeout    time.Duration
 	reloadOnChange bool
+	preload        bool
 	op             operateFlags
 	// notify tells systemd the service's state; nil when not under it.
 	notify *systemd.Notifier
@@ -71,6 +72,7 @@ func (d *daemonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&d.mount, "mount", "", `the app's mount point (SCRIPT_NAME), e.g. /blog; PATH_INFO is the request path below it; "keep": as the web server sent them`)
 	fs.DurationVar(&d.idleTimeout, "idle-timeout", 0, "exit after this long without requests; 0: never")
 	fs.BoolVar(&d.reloadOnChange, "reload-on-change", false, "before each request, reload the app if its source files changed")
+	fs.BoolVar(&d.preload, "preload", false, "import the app once and fork the workers from it: they share its memory, and a new worker serves without importing (what the app makes at import, such as connections and threads, is then shared: see the README)")
 	fs.BoolVar(&d.accessLog, "access-log", false, "log one line per request (status, duration); failed requests are always logged")
 	fs.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	d.op.register(fs)
@@ -209,6 +211,7 @@ func (d *daemonFlags) startPool(log *slog.Logger) (*bridge.Pool, int) {
 		MaxRequests:       d.maxRequests,
 		MaxRequestsJitter: d.jitter,
 		MaxRSS:            int64(d.maxRSS) << 20,
+		Preload:           d.preload,
 	})
 	var ie *bridge.ImportError
 	switch {

@@ -59,6 +59,7 @@ type doc struct {
 	WorkerExits map[string]uint64       `json:"worker_exits"`
 	Reloads     struct{ Count uint64 }
 	Degraded    *struct{ Deaths int } `json:"degraded"`
+	ForkServers []int                 `json:"fork_servers"`
 	Rows        []struct {
 		Pid     int
 		State   string

@@ -269,6 +269,27 @@ def exit_worker(environ, start_response):
     os._exit(7)
 
 
+def orphan(environ, start_response):
+    """Leaves a process behind: a child that exits at once, and its own
+    child, which exits QUERY_STRING seconds later with no parent to wait
+    for it; answers the latter's pid."""
+    secs = float(environ.get("QUERY_STRING") or "0.2")
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        grandchild = os.fork()
+        if grandchild == 0:
+            time.sleep(secs)
+            os._exit(0)
+        os.write(w, b"%d" % grandchild)
+        os._exit(0)
+    os.close(w)
+    pid = os.read(r, 32)
+    os.close(r)
+    os.waitpid(child, 0)
+    return ok(start_response, pid)
+
+
 def kill_worker(environ, start_response):
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -454,7 +475,7 @@ ROUTES = {
     "/close-on-raise": close_on_raise, "/close": close_normal, "/file-wrapper": file_wrapper,
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
-    "/kill": kill_worker, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/spin": spin, "/lock-wait": lock_wait, "/gate": gate, "/drip-write": drip_write, "/input-terminated": input_terminated,
+    "/kill": kill_worker, "/orphan": orphan, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/spin": spin, "/lock-wait": lock_wait, "/gate": gate, "/drip-write": drip_write, "/input-terminated": input_terminated,
     "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/hold": hold, "/respond": respond, "/cookies": cookies, "/big": big,
     "/inheritable": inheritable, "/lose-first-stop": lose_first(signal.SIGUSR1),
     "/lose-first-alarm": lose_first(signal.SIGALRM),
