@@ -84,7 +84,7 @@ type Pool struct {
 	gen       int
 	members   map[*member]struct{} // every started, not yet closed member
 	idle      []*member
-	waiters   []chan *member
+	waiters   []*waiter
 	live      int  // ready members of the current generation
 	size      int  // slots of the current generation, a growing one included
 	growing   bool // a worker is being added (see grow)

@@ -35,15 +35,30 @@ func (p *Pool) addLocked(m *member) {
 	p.handOff(m)
 }
 
+// waiter is a request waiting in the queue for a worker.
+type waiter struct {
+	ch chan *member // gets the worker; closed when none will come
+	c  *call
+}
+
 // handOff gives m to a waiter or the idle list; the caller holds p.mu.
 func (p *Pool) handOff(m *member) {
-	for len(p.waiters) > 0 {
-		ch := p.waiters[0]
-		p.waiters = p.waiters[1:]
-		ch <- m
+	if wt := p.nextWaiter(); wt != nil {
+		wt.ch <- m
 		return
 	}
 	p.idle = append(p.idle, m)
+}
+
+// nextWaiter takes the first waiter off the queue, nil if there is none;
+// the caller holds p.mu.
+func (p *Pool) nextWaiter() *waiter {
+	if len(p.waiters) == 0 {
+		return nil
+	}
+	wt := p.waiters[0]
+	p.waiters = p.waiters[1:]
+	return wt
 }
 
 func (p *Pool) remove(m *member) {
@@ -83,14 +98,15 @@ func (p *Pool) wakeWaitersIfNoWorkers() {
 // closeWaiters wakes every waiting request with no worker; the caller
 // holds p.mu.
 func (p *Pool) closeWaiters() {
-	for _, ch := range p.waiters {
-		close(ch)
+	for _, wt := range p.waiters {
+		close(wt.ch)
 	}
 	p.waiters = nil
 }
 
-// acquire takes an idle worker, or waits for one in the queue.
-func (p *Pool) acquire(ctx context.Context) (*member, error) {
+// acquire takes an idle worker for c, or waits for one in the queue. A
+// worker handed over from the queue may have c begun on it already.
+func (p *Pool) acquire(ctx context.Context, c *call) (*member, error) {
 	p.mu.Lock()
 	if p.closing {
 		p.mu.Unlock()
@@ -124,8 +140,8 @@ func (p *Pool) acquire(ctx context.Context) (*member, error) {
 		}
 		return nil, ErrOverloaded
 	}
-	ch := make(chan *member, 1)
-	p.waiters = append(p.waiters, ch)
+	wt := &waiter{ch: make(chan *member, 1), c: c}
+	p.waiters = append(p.waiters, wt)
 	p.mu.Unlock()
 
 	t := time.NewTimer(p.cfg.QueueTimeout)
@@ -133,7 +149,7 @@ func (p *Pool) acquire(ctx context.Context) (*member, error) {
 	timeout := t.C
 	var err error
 	select {
-	case m, ok := <-ch:
+	case m, ok := <-wt.ch:
 		if !ok {
 			return nil, p.closedErr()
 		}
@@ -144,20 +160,29 @@ func (p *Pool) acquire(ctx context.Context) (*member, error) {
 		err = ErrQueueTimeout
 	}
 	p.mu.Lock()
-	for i, c := range p.waiters {
-		if c == ch {
+	queued := false
+	for i, x := range p.waiters {
+		if x == wt {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			queued = true
 			break
 		}
 	}
 	p.mu.Unlock()
-	// A worker may have been handed over just before we left the queue.
-	select {
-	case m, ok := <-ch:
-		if ok {
-			p.release(m)
-		}
+	if queued {
+		return nil, err
+	}
+	// Taken off the queue just before: a worker is on its way, or none
+	// will come.
+	m, ok := <-wt.ch
+	switch {
+	case !ok:
+	case c.begun:
+		// Its request is on the worker already: it is served, and an
+		// ended context stops it there as it would have a moment later.
+		return m, nil
 	default:
+		p.release(m)
 	}
 	return nil, err
 }
@@ -183,7 +208,7 @@ func (p *Pool) release(m *member) {
 	}
 	m.lastActive.Store(time.Now().UnixNano())
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	var next *waiter
 	switch {
 	case p.closing:
 		m.retireNow(ExitShutdown)
@@ -194,7 +219,20 @@ func (p *Pool) release(m *member) {
 	case m.overMemory:
 		m.retireNow(ExitMaxRSS)
 	default:
-		p.handOff(m)
+		if next = p.nextWaiter(); next == nil {
+			p.idle = append(p.idle, m)
+		}
+	}
+	p.mu.Unlock()
+	if next != nil {
+		// The next request goes to the worker from here, outside the
+		// lock: the worker finds it as soon as it is done with this
+		// one, not when the waiting goroutine next runs (under load,
+		// after this one's response is written and its connection
+		// closed).
+		m.w.begin(next.c)
+		m.w.trySend(next.c)
+		next.ch <- m
 	}
 }
 
@@ -207,7 +245,12 @@ func (p *Pool) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Resu
 		p.lastSeen.Store(time.Now().UnixNano())
 		p.active.Add(-1)
 	}()
-	m, err := p.acquire(ctx)
+	c, err := newCall(req)
+	if err != nil {
+		return refuse(rw, err)
+	}
+	defer c.free()
+	m, err := p.acquire(ctx, c)
 	if err != nil {
 		p.stat.mu.Lock()
 		p.stat.refused++
@@ -221,7 +264,7 @@ func (p *Pool) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Resu
 	}
 	start := time.Now()
 	m.running.Store(&current{req: req, since: start})
-	res, err := m.w.Serve(ctx, req, rw)
+	res, err := m.w.serve(ctx, c, rw)
 	m.running.Store(nil)
 	m.served.Add(1)
 	if errors.Is(err, ErrStopped) && !m.w.Usable() {

@@ -8,6 +8,7 @@ package bridge
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -68,45 +69,145 @@ var (
 // clientLeft) nothing is sent and the Result says 499. If the worker
 // dies, the client gets 502 and the error wraps ErrWorkerDied.
 func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Result, error) {
+	c, err := newCall(req)
+	if err != nil {
+		return refuse(rw, err)
+	}
+	defer c.free()
+	return w.serve(ctx, c, rw)
+}
+
+// call is a request made ready for a worker: its frames up to the body,
+// which a worker takes in one write, from the request's own goroutine or,
+// when it waited for the worker, from the one that gave the worker back
+// (Pool.release), so that the worker finds it without waiting for this
+// goroutine to be scheduled.
+type call struct {
+	req     *Request
+	env     []Var
+	length  int64
+	hasBody bool
+	frame   []byte  // R, and E when there is no body; ids set by begin
+	buf     *[]byte // frame's buffer, from frameBufs
+	endAt   int     // where E's header starts in frame, 0 if not there
+	// Set by begin, under the hand-off's ordering.
+	begun bool
+	id    uint16
+	sent  int   // how much of frame went out
+	werr  error // why sending it failed
+}
+
+var frameBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// newCall normalizes req's environ and encodes its frames; a request the
+// bridge refuses gives a *StatusError.
+func newCall(req *Request) (*call, error) {
 	env, length, toEOF, err := normalize(req.Env)
 	if err != nil {
-		var se *StatusError
-		if errors.As(err, &se) {
-			return Result{Status: se.Status}, errors.Join(err, WriteError(rw, se.Status))
-		}
-		return Result{}, err
+		return nil, err
 	}
-	w.nextID++
-	id := w.nextID
+	c := &call{req: req, env: env, length: length,
+		hasBody: req.Body != nil && (length > 0 || toEOF)}
 	var flags byte
 	if req.RunOnce {
 		flags |= flagRunOnce
 	}
-	hasBody := req.Body != nil && (length > 0 || toEOF)
-
-	w.wbuf = appendHeader(w.wbuf[:0], frameRequest, flags, id, 0)
-	w.wbuf = appendEnviron(w.wbuf, env)
-	putSize(w.wbuf, len(w.wbuf)-headerLen)
-	if !hasBody {
-		w.wbuf = appendHeader(w.wbuf, frameBodyEnd, 0, id, 0)
+	c.buf = frameBufs.Get().(*[]byte)
+	b := appendHeader((*c.buf)[:0], frameRequest, flags, 0, 0)
+	b = appendEnviron(b, env)
+	putSize(b, len(b)-headerLen)
+	if !c.hasBody {
+		c.endAt = len(b)
+		b = appendHeader(b, frameBodyEnd, 0, 0, 0)
 	}
+	c.frame = b
+	return c, nil
+}
 
+// free gives the call's buffer back once its request is over.
+func (c *call) free() {
+	if cap(c.frame) <= 64<<10 {
+		*c.buf = c.frame[:0]
+		frameBufs.Put(c.buf)
+	}
+	c.frame, c.buf = nil, nil
+}
+
+// refuse answers a request that newCall refused.
+func refuse(rw ResponseWriter, err error) (Result, error) {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return Result{Status: se.Status}, errors.Join(err, WriteError(rw, se.Status))
+	}
+	return Result{}, err
+}
+
+// begin makes c the worker's request: it gets its id, and a stop from now
+// on is its. The worker must be between requests.
+func (w *Worker) begin(c *call) {
+	w.nextID++
+	c.id, c.begun = w.nextID, true
+	binary.BigEndian.PutUint16(c.frame[2:4], c.id)
+	if c.endAt > 0 {
+		binary.BigEndian.PutUint16(c.frame[c.endAt+2:c.endAt+4], c.id)
+	}
 	w.mu.Lock()
-	w.current, w.stopping = id, false
+	w.current, w.stopping, w.answered = c.id, false, false
 	w.mu.Unlock()
-	stop := context.AfterFunc(ctx, func() { w.stopRequest(id) })
+}
+
+// trySend writes what of c's frames the pipe takes now, without waiting;
+// send writes the rest.
+func (w *Worker) trySend(c *call) {
+	rc, err := w.toPy.SyscallConn()
+	if err != nil {
+		return
+	}
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	_ = rc.Write(func(fd uintptr) bool {
+		n, err := syscall.Write(int(fd), c.frame[c.sent:])
+		if n > 0 {
+			c.sent += n
+		}
+		if err != nil && err != syscall.EAGAIN && err != syscall.EINTR {
+			c.werr = err
+		}
+		return true
+	})
+}
+
+// send writes what of c's frames has not gone out yet.
+func (w *Worker) send(c *call) error {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if c.werr == nil && c.sent < len(c.frame) {
+		_, c.werr = w.toPy.Write(c.frame[c.sent:])
+		c.sent = len(c.frame)
+	}
+	return c.werr
+}
+
+func (w *Worker) serve(ctx context.Context, c *call, rw ResponseWriter) (Result, error) {
+	if !c.begun {
+		w.begin(c)
+	}
+	id := c.id
+	stop := context.AfterFunc(ctx, func() { w.ended(ctx, id) })
 	defer func() {
 		stop()
 		w.mu.Lock()
 		w.current = 0
+		if w.late != nil {
+			w.late.Stop()
+			w.late = nil
+		}
 		w.mu.Unlock()
 	}()
-	w.wmu.Lock()
-	_, werr := w.toPy.Write(w.wbuf)
-	w.wmu.Unlock()
+	werr := w.send(c)
 	var body *bodySender
-	if hasBody && werr == nil {
-		body = &bodySender{w: w, id: id, body: req.Body, env: env, remaining: length}
+	if c.hasBody && werr == nil {
+		body = &bodySender{w: w, id: id, body: c.req.Body, env: c.env, remaining: c.length}
 		go body.run()
 		defer body.end(true)
 	}
@@ -122,6 +223,7 @@ func (w *Worker) Serve(ctx context.Context, req *Request, rw ResponseWriter) (Re
 
 func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter) (Result, error) {
 	var res Result
+	length := int64(-1) // the response's Content-Length, if it has one
 	// After a client write fails the worker's output is still read to
 	// its end, so the worker stays in step; the error is returned then.
 	var clientErr error
@@ -150,6 +252,7 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 				return w.desync(ctx, rw, res, "header block with a malformed Status line")
 			}
 			res.Status = status
+			length = contentLength(block)
 			clientErr = rw.WriteHeader(status, block)
 		case frameData:
 			stopped := w.stopped()
@@ -170,6 +273,13 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 				}
 			}
 			if h.flags&flushData != 0 && clientErr == nil && !stopped {
+				if res.BodyBytes == length {
+					// Before the flush: the web server may close the
+					// connection as soon as it has the last byte.
+					w.mu.Lock()
+					w.answered = true
+					w.mu.Unlock()
+				}
 				clientErr = rw.Flush()
 			}
 		case frameLog:
@@ -218,6 +328,43 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			return w.desync(ctx, rw, res, fmt.Sprintf("unknown frame %q", h.kind))
 		}
 	}
+}
+
+// ended stops request id when its context ends, unless its client left
+// after its whole response had reached it: a web server closes the
+// connection as soon as it has the Content-Length it was promised, while
+// the app may still be in its iterable's close(), which is then no longer
+// the client's business, and stopping it would make a request that was
+// served look abandoned (and cost a traceback). Such a request still ends
+// by its deadline.
+func (w *Worker) ended(ctx context.Context, id uint16) {
+	if clientLeft(ctx) {
+		w.mu.Lock()
+		answered := w.current == id && w.answered
+		if d, ok := ctx.Deadline(); ok && answered {
+			w.late = time.AfterFunc(time.Until(d), func() { w.stopRequest(id) })
+		}
+		w.mu.Unlock()
+		if answered {
+			return
+		}
+	}
+	w.stopRequest(id)
+}
+
+// contentLength returns the Content-Length in a CGI header block, -1 if
+// it has none.
+func contentLength(block []byte) int64 {
+	for line := range bytes.SplitSeq(block, []byte("\r\n")) {
+		name, value, ok := bytes.Cut(line, []byte(": "))
+		if ok && bytes.EqualFold(name, []byte("Content-Length")) {
+			if n, err := strconv.ParseInt(string(value), 10, 64); err == nil && n >= 0 {
+				return n
+			}
+			return -1
+		}
+	}
+	return -1
 }
 
 // stopAgain is how often a stopped request that goes on is signalled

@@ -527,6 +527,45 @@ func TestStopClosesIterable(t *testing.T) {
 	assert.True(t, h.w.Usable())
 }
 
+// TestClientLeavesAfterWholeResponse: a web server closes the connection
+// as soon as it has the Content-Length it was promised, while the app is
+// still in its iterable's close(). That client did not leave early: the
+// app is not stopped, close() runs to its end, and the request is a 200,
+// not a 499. With a deadline, a close() that runs past it is still
+// stopped.
+func TestClientLeavesAfterWholeResponse(t *testing.T) {
+	h := newHarness(t, probeApp(t, "application"))
+	// serve runs /slow-close and leaves as a web server does, once the
+	// whole body was flushed to it.
+	serve := func(ctx context.Context, seconds string) (Result, error) {
+		ctx, leave := context.WithCancel(ctx)
+		defer leave()
+		rec := &recorder{flushed: make(chan string, 4)}
+		done := make(chan error, 1)
+		var res Result
+		go func() {
+			var err error
+			res, err = h.w.Serve(ctx, &Request{Env: env("/slow-close", "QUERY_STRING", seconds)}, rec)
+			done <- err
+		}()
+		assert.Equal(t, "whole", <-rec.flushed)
+		leave()
+		err := <-done
+		return res, err
+	}
+
+	res, err := serve(context.Background(), "0.3")
+	require.NoError(t, err)
+	assert.Equal(t, 200, res.Status)
+	assert.False(t, res.CutShort)
+	assert.Contains(t, h.workerOutput(), "probe: slow close() finished")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err = serve(ctx, "30")
+	require.ErrorIs(t, err, ErrStopped, "close() ran past the request's deadline")
+}
+
 func TestStopKillsUninterruptibleApp(t *testing.T) {
 	out, err := os.CreateTemp(t.TempDir(), "out")
 	require.NoError(t, err)

@@ -234,6 +234,29 @@ def close_normal(environ, start_response):
     return Closing([b"a", b"b"])
 
 
+class SlowClose:
+    """A body that iterates (so each chunk is flushed, as Flask's is) and
+    whose close() takes QUERY_STRING seconds, then says it finished."""
+
+    def __init__(self, body, seconds):
+        self.body = body
+        self.seconds = seconds
+
+    def __iter__(self):
+        yield self.body
+
+    def close(self):
+        time.sleep(self.seconds)
+        sys.stderr.write("probe: slow close() finished\n")
+        sys.stderr.flush()
+
+
+def slow_close(environ, start_response):
+    body = b"whole"
+    start_response("200 OK", TEXT + [("Content-Length", str(len(body)))])
+    return SlowClose(body, float(environ.get("QUERY_STRING") or "0.3"))
+
+
 def file_wrapper(environ, start_response):
     path = environ["QUERY_STRING"]
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
@@ -475,7 +498,7 @@ ROUTES = {
     "/close-on-raise": close_on_raise, "/close": close_normal, "/file-wrapper": file_wrapper,
     "/str-body": str_body, "/int-status": int_status, "/crlf-header": crlf_header,
     "/hop-header": hop_header, "/short-length": short_length, "/exit": exit_worker,
-    "/kill": kill_worker, "/orphan": orphan, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/spin": spin, "/lock-wait": lock_wait, "/gate": gate, "/drip-write": drip_write, "/input-terminated": input_terminated,
+    "/kill": kill_worker, "/orphan": orphan, "/sys-exit": sys_exit, "/sleep": sleep, "/sleep-pid": sleep_pid, "/drip": drip, "/spin": spin, "/lock-wait": lock_wait, "/gate": gate, "/drip-write": drip_write, "/input-terminated": input_terminated, "/slow-close": slow_close,
     "/slow-stream": slow_stream, "/masked-sleep": masked_sleep, "/loop": loop, "/pid": pid, "/hold": hold, "/respond": respond, "/cookies": cookies, "/big": big,
     "/inheritable": inheritable, "/lose-first-stop": lose_first(signal.SIGUSR1),
     "/lose-first-alarm": lose_first(signal.SIGALRM),
