@@ -8,13 +8,11 @@ uWSGI fails POSTs without that even when no worker dies) in front of each
 server, all with 2 workers serving testdata/apps/djangoapp.py, and in
 each round, for each server in turn, posts 64 KiB bodies to its echo
 view (`wrk -t2 -c16 --timeout 30s`) for the same time twice: once while
-a random worker is killed with SIGKILL every second (wsgibridge then
-backs off its restarts, a crash storm, so some POSTs wait a second or
-two), once with none killed. Prints per
-server, summed over the rounds, the POSTs answered, those that failed
-(non-2xx, read errors and timeouts, as wrk counts them) with kills and
-without, the kills, and the POSTs failed per kill beyond those that fail
-without any.
+a random worker is killed with SIGKILL every second, once with none
+killed. Prints per server, summed over the rounds, the POSTs answered,
+those that failed (non-2xx, read errors and timeouts, as wrk counts
+them) with kills and without, the kills, and the POSTs failed per kill
+beyond those that fail without any.
 
 Servers: bin/wsgibridge fastcgi; with --baseline BIN another wsgibridge
 binary (a build of an earlier commit); and uWSGI (`--fastcgi-socket
