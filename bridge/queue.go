@@ -3,7 +3,8 @@ package bridge
 // This file holds a pool's queue: its idle workers, and the requests
 // waiting for one (those Serve sends over the frames, the http mode's),
 // in order, bounded by Backlog and QueueTimeout; a request no worker can
-// take gets 503. FastCGI workers take their requests from the listening
+// take gets 503. A worker given back goes to the first waiter with the
+// waiter's request already begun on it (release). FastCGI workers take their requests from the listening
 // socket themselves (their wait is backlog.go's); the idle list only
 // holds them.
 

@@ -188,6 +188,8 @@ func (w *Worker) send(c *call) error {
 	return c.werr
 }
 
+// serve runs c on the worker: Serve's work, for a call that newCall made
+// and that may have been begun on the worker already (Pool.release).
 func (w *Worker) serve(ctx context.Context, c *call, rw ResponseWriter) (Result, error) {
 	if !c.begun {
 		w.begin(c)
