@@ -159,13 +159,12 @@ func (w *Worker) begin(c *call) {
 // trySend writes what of c's frames the pipe takes now, without waiting;
 // send writes the rest.
 func (w *Worker) trySend(c *call) {
-	rc, err := w.toPy.SyscallConn()
-	if err != nil {
+	if w.toPyFD == nil {
 		return
 	}
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
-	_ = rc.Write(func(fd uintptr) bool {
+	_ = w.toPyFD.Write(func(fd uintptr) bool {
 		n, err := syscall.Write(int(fd), c.frame[c.sent:])
 		if n > 0 {
 			c.sent += n
@@ -225,7 +224,10 @@ func (w *Worker) serve(ctx context.Context, c *call, rw ResponseWriter) (Result,
 
 func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter) (Result, error) {
 	var res Result
-	length := int64(-1) // the response's Content-Length, if it has one
+	// The header block, and its Content-Length (-1: none), read only when
+	// a flush needs it.
+	var head []byte
+	length, parsed := int64(-1), false
 	// After a client write fails the worker's output is still read to
 	// its end, so the worker stays in step; the error is returned then.
 	var clientErr error
@@ -253,8 +255,7 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 			if !ok {
 				return w.desync(ctx, rw, res, "header block with a malformed Status line")
 			}
-			res.Status = status
-			length = contentLength(block)
+			res.Status, head = status, block
 			clientErr = rw.WriteHeader(status, block)
 		case frameData:
 			stopped := w.stopped()
@@ -275,6 +276,9 @@ func (w *Worker) readResponse(ctx context.Context, id uint16, rw ResponseWriter)
 				}
 			}
 			if h.flags&flushData != 0 && clientErr == nil && !stopped {
+				if !parsed {
+					length, parsed = contentLength(head), true
+				}
 				if res.BodyBytes == length {
 					// Before the flush: the web server may close the
 					// connection as soon as it has the last byte.

@@ -81,6 +81,7 @@ type Worker struct {
 	log    *slog.Logger
 	pid    int
 	toPy   *os.File // our end of the worker's fd 3
+	toPyFD syscall.RawConn
 	fromPy *os.File // our end of the worker's fd 4
 	r      *bufio.Reader
 
@@ -269,6 +270,8 @@ func start(cfg Config) (*Worker, error) {
 		exited: make(chan struct{}),
 	}
 	w.log = log.With("pid", w.pid)
+	// Only a closed file has none; trySend then leaves the writing to send.
+	w.toPyFD, _ = toPy.SyscallConn()
 	if stackR != nil {
 		w.stacks = readStacks(stackR)
 	}

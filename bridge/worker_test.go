@@ -558,7 +558,7 @@ func TestClientLeavesAfterWholeResponse(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 200, res.Status)
 	assert.False(t, res.CutShort)
-	assert.Contains(t, h.workerOutput(), "probe: slow close() finished")
+	assert.Contains(t, h.workerOutput(), "probe: close() called", "close() ran to its end")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()

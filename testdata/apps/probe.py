@@ -21,11 +21,13 @@ def ok(start_response, body, extra=()):
 
 
 class Closing:
-    """An iterable that reports when close() is called."""
+    """An iterable that reports when close() is called, after taking
+    close_takes seconds in it."""
 
-    def __init__(self, chunks, raise_at=None):
+    def __init__(self, chunks, raise_at=None, close_takes=0):
         self.chunks = chunks
         self.raise_at = raise_at
+        self.close_takes = close_takes
 
     def __iter__(self):
         for i, chunk in enumerate(self.chunks):
@@ -34,6 +36,8 @@ class Closing:
             yield chunk
 
     def close(self):
+        if self.close_takes:
+            time.sleep(self.close_takes)
         sys.stderr.write("probe: close() called\n")
         sys.stderr.flush()
 
@@ -234,27 +238,12 @@ def close_normal(environ, start_response):
     return Closing([b"a", b"b"])
 
 
-class SlowClose:
-    """A body that iterates (so each chunk is flushed, as Flask's is) and
-    whose close() takes QUERY_STRING seconds, then says it finished."""
-
-    def __init__(self, body, seconds):
-        self.body = body
-        self.seconds = seconds
-
-    def __iter__(self):
-        yield self.body
-
-    def close(self):
-        time.sleep(self.seconds)
-        sys.stderr.write("probe: slow close() finished\n")
-        sys.stderr.flush()
-
-
 def slow_close(environ, start_response):
+    """A body flushed as it is yielded, as Flask's is, whose close() takes
+    QUERY_STRING seconds."""
     body = b"whole"
     start_response("200 OK", TEXT + [("Content-Length", str(len(body)))])
-    return SlowClose(body, float(environ.get("QUERY_STRING") or "0.3"))
+    return Closing([body], close_takes=float(environ.get("QUERY_STRING") or "0.3"))
 
 
 def file_wrapper(environ, start_response):
