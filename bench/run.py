@@ -18,6 +18,9 @@ Targets, per app:
   gunicorn       gunicorn, 2 sync workers, via proxy_pass
   nginx          nginx answering by itself (return 200), the ceiling (hello)
   wsgibridge-http  wsgibridge http, 2 workers, via proxy_pass (gunicorn's place)
+  nethttp        hello only: Go's net/http answering by itself (bench/nethttp),
+                 via proxy_pass: the ceiling of any http mode with net/http
+                 in front
   lighttpd       hello only: the wsgibridge daemon behind lighttpd, Caddy and
   caddy          H2O, configured as the README shows; mod_fcgid: Apache running
   h2o            the script form with mod_fcgid (up to 8 processes, each
@@ -80,11 +83,14 @@ APPS = {
 }
 TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+",
            "variant", "variant+", "wsgibridge-http", "baseline-http", "variant-http",
-           "lighttpd", "caddy", "h2o", "mod_fcgid"]
+           "lighttpd", "caddy", "h2o", "mod_fcgid", "nethttp"]
 # The other FastCGI fronts, measured on hello only: the same wsgibridge
 # daemon behind each, configured as the README shows (mod_fcgid runs its
 # own processes of the script form).
 FRONTS = ("lighttpd", "caddy", "h2o", "mod_fcgid")
+# Ceilings that answer hello by themselves: nginx alone, and Go's net/http
+# alone behind proxy_pass.
+HELLO_ONLY = FRONTS + ("nginx", "nethttp")
 BASE = "uwsgi-fcgi"
 # The process that serves a target: the recommended block reaches the same
 # wsgibridge; nginx answering by itself has no server behind it.
@@ -135,6 +141,11 @@ class Bench:
         self.results = []  # (app, round, target, rps, p50, p99, cpu front/server/wrk per request, errors)
         self.mem = {}
         self.tick = os.sysconf("SC_CLK_TCK")
+        self.nethttp = os.path.join(self.dir, "nethttp")
+        if "nethttp" in args.targets:
+            r = run(["go", "build", "-o", self.nethttp, "./bench/nethttp"], cwd=ROOT)
+            if r.returncode:
+                raise SystemExit("bench: go build ./bench/nethttp failed: %s" % r.stderr.strip())
 
     def sock(self, name):
         return os.path.join(self.dir, name + ".sock")
@@ -174,6 +185,8 @@ class Bench:
                 # Behind nginx's proxy_pass, as gunicorn is.
                 self.start(name + "-http", [binary, "http", "--bind", "unix:" + self.sock(sock + "h"), "--workers", "2",
                                             "--python", PY, "--chdir", APPS_DIR] + extra + [spec], name + "-http.log")
+        if "nethttp" in self.targets(app):
+            self.start("nethttp", [self.nethttp, self.sock("nh")], "nethttp.log")
         self.start("uwsgi-fcgi", ["uwsgi", "--plugin", "python3", "--fastcgi-socket", self.sock("uf"), "--chmod-socket=666",
                                   "--master", "--processes", "2", "--disable-logging", "--chdir", APPS_DIR,
                                   "--module", spec], "uwsgi-fcgi.log")
@@ -211,9 +224,11 @@ http {
     server { listen 127.0.0.1:%(p10)d; location / { proxy_pass http://unix:%(wbh)s; } }
     server { listen 127.0.0.1:%(p11)d; location / { proxy_pass http://unix:%(blh)s; } }
     server { listen 127.0.0.1:%(p12)d; location / { proxy_pass http://unix:%(vah)s; } }
+    server { listen 127.0.0.1:%(p17)d; location / { proxy_pass http://unix:%(nh)s; } }
 }
 """ % dict(user=user, d=d, buffers=buffers, wb=self.sock("wb"), uf=self.sock("uf"), un=self.sock("un"), gu=self.sock("gu"),
            bl=self.sock("bl"), va=self.sock("va"), wbh=self.sock("wbh"), blh=self.sock("blh"), vah=self.sock("vah"),
+           nh=self.sock("nh"),
            **{"p%d" % i: PORTS[t] for i, t in enumerate(TARGETS)})
         with open(os.path.join(d, "nginx.conf"), "w") as f:
             f.write(conf)
@@ -318,7 +333,7 @@ Alias / "%(script)s"
                 if t.startswith(beside):
                     return getattr(self.args, beside) and t.replace(beside, "wsgibridge") in self.args.targets
             return t in self.args.targets
-        return [t for t in TARGETS if (t != "nginx" and t not in FRONTS or app == "hello") and wanted(t)]
+        return [t for t in TARGETS if (t not in HELLO_ONLY or app == "hello") and wanted(t)]
 
     def wrk(self, target, app, seconds):
         """Runs wrk; returns its output and its own CPU seconds."""
@@ -414,7 +429,8 @@ print(n / 2)
                  " gunicorn `--workers 2 --worker-class sync`). wsgibridge and its `+` are `wsgibridge fastcgi` behind"
                  " nginx's stock `fastcgi_pass` and behind the recommended block (kept connections, unbuffered"
                  " bodies); `-http` is `wsgibridge http` behind `proxy_pass`, as gunicorn is (HTTP/1.0, a connection"
-                 " per request).",
+                 " per request); `nethttp` is Go's net/http answering hello by itself behind the same `proxy_pass`"
+                 " (`bench/nethttp`), the most any http mode with net/http in front can serve.",
                  "- Load: `wrk -t2 -c32 -d%ds --latency` after an unmeasured 2 s warm-up; %d rounds, targets"
                  " interleaved in each round; the POST app posts 1 MiB (`wrk -s`)." % (a.seconds, a.rounds),
                  "- nginx's buffers: its defaults (what exceeds its 8 buffers of 4 KiB may go through a temporary file),"
