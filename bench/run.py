@@ -145,6 +145,7 @@ class Bench:
         if "nethttp" in args.targets:
             r = run(["go", "build", "-o", self.nethttp, "./bench/nethttp"], cwd=ROOT)
             if r.returncode:
+                shutil.rmtree(self.dir, ignore_errors=True)
                 raise SystemExit("bench: go build ./bench/nethttp failed: %s" % r.stderr.strip())
 
     def sock(self, name):

@@ -37,7 +37,7 @@ func serve(path string) error {
 	if err != nil {
 		return err
 	}
-	// The settings wsgibridge http gives its server (gateway.New).
+	// The timeouts wsgibridge http gives its server (gateway.New).
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "text/plain")
