@@ -4,9 +4,10 @@ package bridge
 // waiting for one (those Serve sends over the frames, the http mode's),
 // in order, bounded by Backlog and QueueTimeout; a request no worker can
 // take gets 503. A worker given back goes to the first waiter with the
-// waiter's request already begun on it (release). FastCGI workers take their requests from the listening
-// socket themselves (their wait is backlog.go's); the idle list only
-// holds them.
+// waiter's request already begun on it (release); a new worker goes to
+// it as it is, and the waiter begins its own request (handOff). FastCGI
+// workers take their requests from the listening socket themselves
+// (their wait is backlog.go's); the idle list only holds them.
 
 import (
 	"context"
