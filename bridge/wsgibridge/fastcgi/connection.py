@@ -183,7 +183,9 @@ class Conn:
         writes any, and its heap grows and shrinks by a MiB per response,
         which doubles its CPU per response; with 256 KiB it reads and
         writes in turn, recycling its buffers. With nginx's default
-        buffers the whole MiB at once is the faster."""
+        buffers the whole MiB at once is the faster: nginx then relays it
+        to its client in one run, where waiting for the worker midway lets
+        the client fall asleep, and waking it again costs nginx more."""
         import _socket
         self.grown = True
         try:
