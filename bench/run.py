@@ -337,7 +337,8 @@ Alias / "%(script)s"
         return [t for t in TARGETS if (t not in HELLO_ONLY or app == "hello") and wanted(t)]
 
     def wrk(self, target, app, seconds):
-        """Runs wrk; returns its output and its own CPU seconds."""
+        """Runs wrk; returns its output, its own CPU seconds, and how many
+        times its threads slept waiting for data."""
         cmd = ["wrk", "-t2", "-c32", "-d%ds" % seconds, "--latency"]
         if APPS[app][3] == "post":
             cmd += ["-s", os.path.join(self.dir, "post.lua")]
@@ -346,7 +347,7 @@ Alias / "%(script)s"
         out = p.stdout.read()
         _, _, ru = os.wait4(p.pid, 0)
         p.returncode = 0
-        return out, ru.ru_utime + ru.ru_stime
+        return out, ru.ru_utime + ru.ru_stime, ru.ru_nvcsw
 
     def measure(self, app, rnd, target):
         self.wrk(target, app, 2)  # warm-up, not measured
@@ -358,7 +359,7 @@ Alias / "%(script)s"
         server = SERVER_OF.get(target, target)
         server_pids = descendants(self.procs[server].pid) if server else []
         before = (cpu_ticks(nginx_pids), cpu_ticks(server_pids))
-        out, wrk_cpu = self.wrk(target, app, self.args.seconds)
+        out, wrk_cpu, wrk_sleeps = self.wrk(target, app, self.args.seconds)
         after = (cpu_ticks(nginx_pids), cpu_ticks(server_pids))
         m = re.search(r"Requests/sec:\s+([\d.]+)", out)
         total = re.search(r"(\d+) requests in", out)
@@ -369,7 +370,8 @@ Alias / "%(script)s"
         self.results.append(dict(app=app, round=rnd, target=target, rps=float(m.group(1)) if m else 0.0,
                                  p50=to_ms(lat.get("50")), p99=to_ms(lat.get("99")),
                                  cpu_front=per(after[0] - before[0]), cpu_server=per(after[1] - before[1]),
-                                 cpu_wrk=wrk_cpu / n * 1e6 if n else 0, errors=errors))
+                                 cpu_wrk=wrk_cpu / n * 1e6 if n else 0, wrk_sleeps=wrk_sleeps / n if n else 0,
+                                 errors=errors))
         if server_pids:
             pids = descendants(self.procs[server].pid)
             rss, pss = memory(pids)
@@ -440,6 +442,8 @@ print(n / 2)
                  "- req/s: median over rounds (min-max); ratio: median of the per-round ratio to %s;"
                  " latency: medians; CPU: microseconds of CPU per request, from /proc before and after the load"
                  " (front = the nginx worker, server = all the server's processes, wrk = the load generator);"
+                 " wrk sleeps: its threads' voluntary context switches per request, most of them a wake-up the front"
+                 " pays for when it writes to a client that waits;"
                  " memory: RSS and PSS of the server's processes after the load, the largest over rounds, the RSS of"
                  " the supervising process alone (wsgibridge's Go daemon, uWSGI's master, gunicorn's arbiter), and the"
                  " most processes counted." % BASE,
@@ -447,8 +451,8 @@ print(n / 2)
         for app in a.apps:
             lines += ["## %s" % app, "",
                       "Called directly in one Python process: %.0f calls/s." % directs.get(app, 0), "",
-                      "| target | req/s | vs %s | p50 ms | p99 ms | CPU us/req front / server / wrk | RSS / PSS MiB (supervisor RSS), processes | errors |" % BASE,
-                      "|---|---:|---:|---:|---:|---|---|---|"]
+                      "| target | req/s | vs %s | p50 ms | p99 ms | CPU us/req front / server / wrk | wrk sleeps/req | RSS / PSS MiB (supervisor RSS), processes | errors |" % BASE,
+                      "|---|---:|---:|---:|---:|---|---:|---|---|"]
             for t in self.targets(app):
                 rows = [r for r in self.results if r["app"] == app and r["target"] == t]
                 if not rows:
@@ -461,9 +465,9 @@ print(n / 2)
                         ratios.append(r["rps"] / base[0])
                 rss, pss, top, procs = self.mem.get((app, t), (0, 0, 0, 0))
                 med = lambda k: statistics.median(r[k] for r in rows)
-                lines.append("| %s | %.0f (%.0f-%.0f) | %.2fx | %.2f | %.2f | %.1f / %.1f / %.1f | %s | %s |" % (
+                lines.append("| %s | %.0f (%.0f-%.0f) | %.2fx | %.2f | %.2f | %.1f / %.1f / %.1f | %.1f | %s | %s |" % (
                     t, statistics.median(rps), min(rps), max(rps), statistics.median(ratios) if ratios else 0,
-                    med("p50"), med("p99"), med("cpu_front"), med("cpu_server"), med("cpu_wrk"),
+                    med("p50"), med("p99"), med("cpu_front"), med("cpu_server"), med("cpu_wrk"), med("wrk_sleeps"),
                     "%.1f / %.1f (%.1f), %d" % (rss, pss, top, procs) if rss else "-", " ".join(sorted({r["errors"] for r in rows if r["errors"]})) or ""))
             lines.append("")
         if gobench:
