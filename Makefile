@@ -6,7 +6,7 @@ FASTPATH := bridge/wsgibridge/fastcgi/_fastpath.so
 PYTHON ?= python3
 # What the tests need from Debian (the end-to-end tests use real servers),
 # and what the benchmarks need besides.
-DEBIAN_PACKAGES := apache2 nginx lighttpd caddy h2o libapache2-mod-fcgid python3 python3-flask python3-django libfcgi-bin gcc libc6-dev python3-dev curl
+DEBIAN_PACKAGES := apache2 nginx lighttpd caddy h2o haproxy libapache2-mod-fcgid python3 python3-flask python3-django libfcgi-bin gcc libc6-dev python3-dev curl
 BENCH_PACKAGES := wrk hyperfine uwsgi uwsgi-plugin-python3 gunicorn
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A count, not a duration: with go1.26 a duration-based -fuzztime can end in a

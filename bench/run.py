@@ -21,10 +21,11 @@ Targets, per app:
   nethttp        hello only: Go's net/http answering by itself (bench/nethttp),
                  via proxy_pass: the ceiling of any http mode with net/http
                  in front
-  lighttpd       hello only: the wsgibridge daemon behind lighttpd, Caddy and
-  caddy          H2O, configured as the README shows; mod_fcgid: Apache running
-  h2o            the script form with mod_fcgid (up to 8 processes, each
-  mod_fcgid      with one worker); front CPU is all of the front's processes
+  lighttpd       hello only: the wsgibridge daemon behind lighttpd, Caddy,
+  caddy          H2O and HAProxy, configured as the README shows; mod_fcgid:
+  h2o            Apache running the script form with mod_fcgid (up to 8
+  haproxy        processes, each with one worker); front CPU is all of the
+  mod_fcgid      front's processes
   baseline       with --baseline BIN: another wsgibridge binary (a build of an
   baseline+      earlier commit) behind the same blocks, so a change is
   baseline-http  measured against what it replaces in the same rounds
@@ -83,11 +84,11 @@ APPS = {
 }
 TARGETS = ["wsgibridge", "wsgibridge+", "uwsgi-fcgi", "uwsgi", "gunicorn", "nginx", "baseline", "baseline+",
            "variant", "variant+", "wsgibridge-http", "baseline-http", "variant-http",
-           "lighttpd", "caddy", "h2o", "mod_fcgid", "nethttp"]
+           "lighttpd", "caddy", "h2o", "mod_fcgid", "nethttp", "haproxy"]
 # The other FastCGI fronts, measured on hello only: the same wsgibridge
 # daemon behind each, configured as the README shows (mod_fcgid runs its
 # own processes of the script form).
-FRONTS = ("lighttpd", "caddy", "h2o", "mod_fcgid")
+FRONTS = ("lighttpd", "caddy", "h2o", "haproxy", "mod_fcgid")
 # Ceilings that answer hello by themselves: nginx alone, and Go's net/http
 # alone behind proxy_pass.
 HELLO_ONLY = FRONTS + ("nginx", "nethttp")
@@ -95,7 +96,8 @@ BASE = "uwsgi-fcgi"
 # The process that serves a target: the recommended block reaches the same
 # wsgibridge; nginx answering by itself has no server behind it.
 SERVER_OF = {"wsgibridge+": "wsgibridge", "baseline+": "baseline", "variant+": "variant", "nginx": None,
-             "lighttpd": "wsgibridge", "caddy": "wsgibridge", "h2o": "wsgibridge", "mod_fcgid": None}
+             "lighttpd": "wsgibridge", "caddy": "wsgibridge", "h2o": "wsgibridge", "haproxy": "wsgibridge",
+             "mod_fcgid": None}
 # What stands beside a wsgibridge target when asked for: the same blocks.
 BESIDE = ("baseline", "variant")
 PORTS = {t: 18300 + i for i, t in enumerate(TARGETS)}
@@ -282,6 +284,23 @@ hosts:
           type: unix
 """
             cmd = ["h2o", "-c", conf]
+        elif front == "haproxy":
+            text = """defaults
+	mode http
+	timeout connect 5s
+	timeout client 60s
+	timeout server 60s
+frontend web
+	bind 127.0.0.1:%(port)d
+	default_backend app
+backend app
+	use-fcgi-app wsgi
+	server wsgi %(wb)s proto fcgi
+fcgi-app wsgi
+	pass-header Authorization
+	docroot /
+"""
+            cmd = ["haproxy", "-db", "-f", conf]
         else:
             script = os.path.join(d, front, "app.wsgi")
             with open(script, "w") as f:

@@ -225,9 +225,11 @@ func TestNginxFastCGI(t *testing.T) {
 		status, body := get(t, n.base2+"/stock/hello")
 		assert.Equal(t, 200, status)
 		assert.Equal(t, "Hello, world!", body)
-		_, body = get(t, n.base2+"/stock/environ")
+		_, body, err := httpDo(t, "GET", n.base2+"/stock/environ", nil, "Authorization", "Bearer token-17")
+		require.NoError(t, err)
 		assert.Contains(t, body, "SCRIPT_NAME=/stock\n")
 		assert.Contains(t, body, "PATH_INFO=/environ\n")
+		assert.Contains(t, body, "\nHTTP_AUTHORIZATION=Bearer token-17\n", "the app sees Authorization (token logins)")
 	})
 	t.Run("flask", func(t *testing.T) {
 		status, body := get(t, n.base1+"/flask/")

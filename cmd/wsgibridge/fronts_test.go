@@ -114,6 +114,23 @@ func startH2O(t *testing.T, app string) front {
 	return runFront(t, "h2o", exec.Command(bin, "-c", conf), port, dir)
 }
 
+// startHAProxy starts HAProxy with testdata/haproxy/haproxy.cfg: the
+// daemon on the unix socket app at /app.
+func startHAProxy(t *testing.T, app string) front {
+	t.Helper()
+	bin := need(t, "haproxy", "/usr/sbin/haproxy")
+	dir := t.TempDir()
+	port := freePort(t)
+	conf := fillTemplate(t, "haproxy/haproxy.cfg", dir, map[string]string{
+		"DIR": dir, "PORT": strconv.Itoa(port), "APP": app})
+	cmd := exec.Command(bin, "-db", "-f", conf)
+	log, err := os.Create(filepath.Join(dir, "error.log"))
+	require.NoError(t, err)
+	t.Cleanup(func() { log.Close() })
+	cmd.Stdout, cmd.Stderr = log, log
+	return runFront(t, "haproxy", cmd, port, dir)
+}
+
 // startFcgid starts Apache with testdata/apache/fcgid.conf, running the
 // script file whose settings (the lines after its #! line) are settings,
 // Alias'ed to /app.
@@ -161,6 +178,7 @@ func TestFrontsMountRule(t *testing.T) {
 	lighttpd := startLighttpd(t, sock, sock)
 	caddy := startCaddy(t, sock)
 	h2o := startH2O(t, sock)
+	haproxy := startHAProxy(t, sock)
 	fcgid, _ := startFcgid(t, "app = probe:application\nchdir = @DIR@/apps\n")
 	for _, tt := range []struct {
 		front               front
@@ -172,6 +190,7 @@ func TestFrontsMountRule(t *testing.T) {
 		{caddy, "/app/some/environ?x=1", "/app", "/some/environ"},
 		{caddy, "/strip/some/environ?x=1", "/strip", "/some/environ"},
 		{h2o, "/app/some/environ?x=1", "", "/app/some/environ"},
+		{haproxy, "/app/some/environ?x=1", "/app", "/some/environ"},
 		{fcgid, "/app/some/environ?x=1", "/app", "/some/environ"},
 	} {
 		t.Run(tt.front.name+tt.path, func(t *testing.T) {
@@ -186,8 +205,10 @@ func TestFrontsMountRule(t *testing.T) {
 // TestFronts: behind every front, configured as the README shows, the
 // app gets the same request and the client the same response: bodies up
 // to 20 MiB with a length and chunked, a 50 MiB response, HEAD, 204 and
-// 304, three Set-Cookie headers, a repeated header joined, no Status
-// header for a 200, and a response cut short that reaches the client cut.
+// 304, three Set-Cookie headers, a repeated header joined, Authorization
+// passed on, no Status header for a 200, and a response cut short that
+// reaches the client cut. HAProxy refuses a chunked body past its buffer
+// itself; a small one reaches the app whole behind every front.
 func TestFronts(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "probe.sock")
@@ -198,7 +219,7 @@ func TestFronts(t *testing.T) {
 	fcgid, _ := startFcgid(t, "app = probe:application\nchdir = @DIR@/apps\n")
 	body := bytes.Repeat([]byte("0123456789abcdef"), 20<<16) // 20 MiB
 	sum := fmt.Sprintf("%x", sha256.Sum256(body))
-	for _, f := range []front{startLighttpd(t, sock, sock), startCaddy(t, sock), startH2O(t, mounted), fcgid} {
+	for _, f := range []front{startLighttpd(t, sock, sock), startCaddy(t, sock), startH2O(t, mounted), startHAProxy(t, sock), fcgid} {
 		t.Run(f.name, func(t *testing.T) {
 			resp, got, err := httpDo(t, "GET", f.base+"/app/hello", nil)
 			require.NoError(t, err)
@@ -208,6 +229,17 @@ func TestFronts(t *testing.T) {
 
 			for _, chunked := range []bool{false, true} {
 				var r io.Reader = bytes.NewReader(body)
+				if chunked && f.name == "haproxy" {
+					// HAProxy gives a FastCGI app only bodies of a
+					// known length: one past its buffer it refuses
+					// itself, as the README says. (64 KiB, all sent
+					// before it answers: with more, its early answer
+					// can meet the client still writing.)
+					resp, _, err = httpDo(t, "POST", f.base+"/app/digest?65536", io.MultiReader(bytes.NewReader(body[:64<<10])))
+					require.NoError(t, err)
+					assert.Equal(t, 400, resp.StatusCode)
+					continue
+				}
 				if chunked {
 					r = io.MultiReader(r) // no length known: sent chunked
 				}
@@ -216,6 +248,11 @@ func TestFronts(t *testing.T) {
 				assert.Equal(t, 200, resp.StatusCode)
 				assert.Equal(t, fmt.Sprintf("whole %d %s", len(body), sum), got, "chunked: %v", chunked)
 			}
+			small := body[:8<<10]
+			resp, got, err = httpDo(t, "POST", f.base+"/app/digest?65536", io.MultiReader(bytes.NewReader(small)))
+			require.NoError(t, err)
+			assert.Equal(t, 200, resp.StatusCode)
+			assert.Equal(t, fmt.Sprintf("whole %d %x", len(small), sha256.Sum256(small)), got, "a small chunked body")
 
 			resp, got, err = httpDo(t, "GET", f.base+"/app/big?50", nil)
 			require.NoError(t, err)
@@ -238,16 +275,24 @@ func TestFronts(t *testing.T) {
 			req, err := http.NewRequest("GET", f.base+"/app/environ", nil)
 			require.NoError(t, err)
 			req.Header["X-Dup"] = []string{"one", "two"}
+			req.Header.Set("Authorization", "Bearer token-17")
 			resp, got, err = doRequest(req)
 			require.NoError(t, err)
 			assert.Contains(t, got, "\nHTTP_X_DUP=one, two\n", "a repeated header is joined, not its last copy")
+			assert.Contains(t, got, "\nHTTP_AUTHORIZATION=Bearer token-17\n", "the app sees Authorization (token logins)")
 
 			// A failure once the headers are out: the worker ends the
 			// response with a STDERR record and bytes that are no record.
 			_, got, err = httpDo(t, "GET", f.base+"/app/raise-after", nil)
 			switch f.name {
-			case "lighttpd":
+			case "lighttpd", "haproxy":
 				assert.Error(t, err, "the client sees the response cut short")
+				if f.name == "haproxy" {
+					assert.Eventually(t, func() bool {
+						b, _ := os.ReadFile(filepath.Join(f.dir, "error.log"))
+						return strings.Contains(string(b), "the response is cut short")
+					}, 5*time.Second, 20*time.Millisecond, "log-stderr puts the worker's reason in HAProxy's log")
+				}
 			case "mod_fcgid":
 				// Apache appends its own error page to what was streamed.
 				require.NoError(t, err)

@@ -32,9 +32,10 @@ func TestApacheProxyFCGI(t *testing.T) {
 	resp, body := a.do(t, "GET", "/pf/hello", nil)
 	assert.Equal(t, 200, resp.StatusCode)
 	assert.Equal(t, "Hello, world!", body)
-	_, body = a.do(t, "GET", "/pf/environ", nil)
+	_, body = a.do(t, "GET", "/pf/environ", nil, "Authorization", "Bearer token-17")
 	assert.Contains(t, body, "SCRIPT_NAME=/pf\n")
 	assert.Contains(t, body, "PATH_INFO=/environ\n")
+	assert.Contains(t, body, "\nHTTP_AUTHORIZATION=Bearer token-17\n", "the app sees Authorization (token logins)")
 
 	payload := bytes.Repeat([]byte("apache mod_proxy_fcgi "), 50000)
 	resp, body = a.do(t, "POST", "/pf/echo", bytes.NewReader(payload))
