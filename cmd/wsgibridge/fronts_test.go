@@ -377,19 +377,21 @@ func TestFcgidOneWorkerPerProcess(t *testing.T) {
 	} {
 		f, a := startFcgid(t, "app = probe:application\nchdir = @DIR@/apps\n"+tt.settings)
 		script := filepath.Join(a.dir, "site", "app.wsgi")
-		var daemons, workers []int
-		var memory int64
 		done := make(chan []fetch, 1)
 		go func() { done <- fetchAll(f.base+"/app/sleep?2", 6) }()
 		require.Eventually(t, func() bool {
-			daemons, workers = fcgidProcesses(t, script)
-			memory = pss(append(append([]int{}, daemons...), workers...))
+			daemons, _ := fcgidProcesses(t, script)
 			return len(daemons) >= 6
 		}, 15*time.Second, 50*time.Millisecond, "mod_fcgid starts a process per client")
 		for _, got := range <-done {
 			require.NoError(t, got.err)
 			assert.Equal(t, 200, got.status)
 		}
+		// Counted once every request is answered: a daemon that has just
+		// started may not have started all its workers yet, and by the
+		// end of its 2 s request it has.
+		daemons, workers := fcgidProcesses(t, script)
+		memory := pss(append(append([]int{}, daemons...), workers...))
 		assert.Len(t, workers, tt.workers*len(daemons), "%q: workers per daemon", tt.settings)
 		t.Logf("mod_fcgid, 6 clients at once, %q: %d daemons, %d Python workers, PSS %.1f MiB in all (%.1f MiB per client)",
 			tt.settings, len(daemons), len(workers), float64(memory)/(1<<20), float64(memory)/(1<<20)/float64(len(daemons)))
