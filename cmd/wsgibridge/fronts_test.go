@@ -79,6 +79,16 @@ func runFront(t *testing.T, name string, cmd *exec.Cmd, port int, dir string) fr
 	return front{name: name, base: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir}
 }
 
+// logToFile sends the output of a front that logs to it (Caddy, HAProxy)
+// to dir/error.log, where runFront reads a front's log.
+func logToFile(t *testing.T, cmd *exec.Cmd, dir string) {
+	t.Helper()
+	log, err := os.Create(filepath.Join(dir, "error.log"))
+	require.NoError(t, err)
+	t.Cleanup(func() { log.Close() })
+	cmd.Stdout, cmd.Stderr = log, log
+}
+
 // startCaddy starts Caddy with testdata/caddy/Caddyfile: the daemon on
 // the unix socket app at /app (split) and /strip (prefix stripped).
 func startCaddy(t *testing.T, app string) front {
@@ -90,10 +100,7 @@ func startCaddy(t *testing.T, app string) front {
 	cmd := exec.Command(bin, "run", "--config", conf, "--adapter", "caddyfile")
 	// Caddy keeps its state under HOME: the test's folder, not root's.
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	log, err := os.Create(filepath.Join(dir, "error.log"))
-	require.NoError(t, err)
-	t.Cleanup(func() { log.Close() })
-	cmd.Stdout, cmd.Stderr = log, log
+	logToFile(t, cmd, dir)
 	return runFront(t, "caddy", cmd, port, dir)
 }
 
@@ -124,10 +131,7 @@ func startHAProxy(t *testing.T, app string) front {
 	conf := fillTemplate(t, "haproxy/haproxy.cfg", dir, map[string]string{
 		"DIR": dir, "PORT": strconv.Itoa(port), "APP": app})
 	cmd := exec.Command(bin, "-db", "-f", conf)
-	log, err := os.Create(filepath.Join(dir, "error.log"))
-	require.NoError(t, err)
-	t.Cleanup(func() { log.Close() })
-	cmd.Stdout, cmd.Stderr = log, log
+	logToFile(t, cmd, dir)
 	return runFront(t, "haproxy", cmd, port, dir)
 }
 
@@ -228,7 +232,6 @@ func TestFronts(t *testing.T) {
 			assert.Empty(t, resp.Header.Values("Status"), "no Status header reaches the client")
 
 			for _, chunked := range []bool{false, true} {
-				var r io.Reader = bytes.NewReader(body)
 				if chunked && f.name == "haproxy" {
 					// HAProxy gives a FastCGI app only bodies of a
 					// known length: one past its buffer it refuses
@@ -240,6 +243,7 @@ func TestFronts(t *testing.T) {
 					assert.Equal(t, 400, resp.StatusCode)
 					continue
 				}
+				var r io.Reader = bytes.NewReader(body)
 				if chunked {
 					r = io.MultiReader(r) // no length known: sent chunked
 				}
